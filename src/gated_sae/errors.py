@@ -1,0 +1,13 @@
+"""Exceptions for mistakes a user can make. The CLI prints them as one line and exits 2."""
+
+
+class GatedSAEError(Exception):
+    """Base class: bad input, with a message naming the bad value and what is accepted."""
+
+
+class ConfigError(GatedSAEError):
+    """An option, size, rate or name that is not accepted."""
+
+
+class DataError(GatedSAEError):
+    """Missing, corrupt or unusable input data (files, tensors, caches)."""

@@ -1,0 +1,130 @@
+"""Language-model metrics of an SAE: loss recovered, Δloss and KL with the SAE spliced in.
+
+Formulas in ../shared/reference/sae-math.md, "Metrics":
+
+    loss_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)
+    delta_loss     = CE_sae − CE_clean
+    kl             = mean over tokens of KL(p_clean ‖ p_sae),
+    KL(p ‖ q)      = Σ_v p(v) (log p(v) − log q(v))
+
+CE_sae splices the SAE reconstruction x̂ in at the site, CE_zero splices zeros.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from tqdm import tqdm
+
+from ..data.lm import LanguageModel
+from ..errors import ConfigError
+from ..saes.base import SAE
+
+
+def lm_metrics(
+    lm: LanguageModel,
+    sae: SAE,
+    site: str,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    skip_bos: bool = True,
+) -> dict[str, float]:
+    """Cross-entropy of `lm` on `windows` [n, T], clean, with x̂ spliced in, and with zeros.
+
+    Positions: with `skip_bos` (position 0 of each window is BOS), the activation is replaced
+    at positions 1..T−1 and BOS keeps its clean activation, because BOS activations are
+    outliers an SAE is not meant to reconstruct. CE and KL are then measured on the logits
+    of positions 1..T−2, predicting tokens 2..T−1: those are exactly the predictions made
+    from a spliced position (position 0's prediction sees no splice, the last position has
+    no target). Without `skip_bos` every position is replaced and positions 0..T−2 predict
+    tokens 1..T−1.
+
+    Returns `ce_clean`, `ce_sae`, `ce_zero`, `loss_recovered`, `delta_loss`, `kl` (nats per
+    token) and `n_tokens` (predictions counted). Sums are accumulated in float64, so the
+    result does not depend on `batch_size`. The SAE runs in float32 whatever the model's dtype.
+    """
+    first = 1 if skip_bos else 0
+    _check(lm, sae, site, windows, first, batch_size)
+    if any(p.dtype != torch.float32 for p in sae.parameters()):
+        sae = copy.deepcopy(sae).float()  # a copy: the caller's SAE keeps its dtype
+    sae_device = next(sae.parameters()).device
+
+    def reconstruct(a: torch.Tensor) -> torch.Tensor:
+        x = a[:, first:].reshape(-1, a.shape[-1]).to(device=sae_device, dtype=torch.float32)
+        x_hat = sae.decode(sae.encode(x)).reshape(a[:, first:].shape).to(a.device, a.dtype)
+        return torch.cat([a[:, :first], x_hat], dim=1)
+
+    def zero(a: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a[:, :first], torch.zeros_like(a[:, first:])], dim=1)
+
+    sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero", "kl"), 0.0)
+    n_tokens = 0
+    with torch.inference_mode(), tqdm(total=len(windows), desc=f"LM metrics at {site}",
+                                      unit="window", leave=False) as bar:
+        for start in range(0, len(windows), batch_size):
+            ids = windows[start:start + batch_size].to(lm.device)
+            targets = ids[:, first + 1:]
+            # logits at position t predict token t+1; keep those made from spliced positions
+            clean = _log_probs(lm.logits(ids), first)
+            with lm.splice(site, reconstruct):
+                spliced = _log_probs(lm.logits(ids), first)
+            with lm.splice(site, zero):
+                zeroed = _log_probs(lm.logits(ids), first)
+            sums["ce_clean"] += _nll_sum(clean, targets)
+            sums["ce_sae"] += _nll_sum(spliced, targets)
+            sums["ce_zero"] += _nll_sum(zeroed, targets)
+            # KL(clean ‖ sae) per token = Σ_v p_clean (log p_clean − log p_sae)
+            kl = (clean.exp() * (clean - spliced)).sum(-1)
+            sums["kl"] += kl.double().sum().item()
+            n_tokens += targets.numel()
+            bar.update(len(ids))
+
+    ce_clean, ce_sae, ce_zero, kl = (sums[k] / n_tokens for k in ("ce_clean", "ce_sae",
+                                                                    "ce_zero", "kl"))
+    denominator = ce_zero - ce_clean
+    return {
+        "ce_clean": ce_clean,
+        "ce_sae": ce_sae,
+        "ce_zero": ce_zero,
+        # undefined when zeroing the site changes nothing
+        "loss_recovered": (ce_zero - ce_sae) / denominator if denominator != 0 else math.nan,
+        "delta_loss": ce_sae - ce_clean,
+        "kl": kl,
+        "n_tokens": n_tokens,
+    }
+
+
+def _log_probs(logits: torch.Tensor, first: int) -> torch.Tensor:
+    """log-softmax in float32 of the logits at positions first..T−2 (those with a target).
+
+    float32, not float64: [B, T, vocab] in float64 would be gigabytes for a 50k vocabulary,
+    and the per-token values are summed in float64 afterwards.
+    """
+    return torch.log_softmax(logits[:, first:-1].float(), dim=-1)
+
+
+def _nll_sum(log_probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Σ over tokens of −log p(target), summed in float64."""
+    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return -picked.double().sum().item()
+
+
+def _check(lm: LanguageModel, sae: SAE, site: str, windows: torch.Tensor, first: int,
+           batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.is_floating_point():
+        got = (f"a {windows.dtype} tensor of shape {list(windows.shape)}"
+               if isinstance(windows, torch.Tensor) else type(windows).__name__)
+        raise ConfigError(f"windows must be an integer tensor [n, tokens], got {got}")
+    if len(windows) == 0 or windows.shape[1] < first + 2:
+        raise ConfigError(f"windows of shape {list(windows.shape)} hold no prediction from a "
+                          f"spliced position; need at least one window of {first + 2} tokens")
+    # The site's width is known only from a forward; this one stops at the site and is cheap.
+    width = lm.activations(windows[:1, :2], site).shape[-1]
+    if width != sae.d_in:
+        raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {width} of site "
+                          f"{site!r} of {lm.name}")

@@ -1,0 +1,164 @@
+"""What every SAE shares: the decoder, initialisation, the unit-norm constraint, input-scale
+folding, and the SAELens v6 folder format (see ../shared/reference/sae-math.md, "Shared pieces")."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it unchanged
+
+
+@dataclass
+class TrainOutput:
+    """One training forward: the total loss, its terms (detached, for logging), and the latents."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    latents: torch.Tensor
+
+
+def squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """`‖x − x̂‖²` summed over the vector, averaged over the batch."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder `x̂ = W_dec f(x) + b_dec` with encoders that see `x − b_dec`.
+
+    Subclasses define `encode` (inference latents), `training_loss` and their options as
+    keyword-only arguments of `__init__`. Weights use SAELens names and shapes:
+    `W_enc` [d_in, d_sae], `W_dec` [d_sae, d_in].
+    """
+
+    architecture: ClassVar[str]  # name in our registry and in metadata
+    saelens_architecture: ClassVar[str]  # name written to cfg.json
+    adam_betas: ClassVar[tuple[float, float]] = (0.0, 0.999)  # Gated/JumpReLU papers
+    uses_sparsity_coef: ClassVar[bool] = True
+    # Parameters that multiply the (scaled) input: folding the input scale multiplies them by it.
+    input_weights: ClassVar[tuple[str, ...]] = ("W_enc",)
+
+    def __init__(self, d_in: int, d_sae: int, options: dict):
+        super().__init__()
+        self.d_in, self.d_sae, self.options = d_in, d_sae, dict(options)
+        W_dec = torch.randn(d_sae, d_in)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.T.clone())
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    # --- the model -------------------------------------------------------------------------
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """`W_enc (x − b_dec) + b_enc` for architectures with a single encoder."""
+        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b_dec, f, self.W_dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def training_loss(
+        self, x: torch.Tensor, sparsity_coef: float, dead_mask: torch.Tensor | None = None
+    ) -> TrainOutput:
+        raise NotImplementedError
+
+    # --- training support ------------------------------------------------------------------
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor) -> None:
+        """`b_dec` ← mean of a sample of (scaled) activations."""
+        self.b_dec.copy_(sample.mean(0))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad_(self) -> None:
+        """Keep the step on the sphere: drop each decoder row's gradient along that row."""
+        if self.W_dec.grad is None:
+            return
+        rows, grad = self.W_dec, self.W_dec.grad
+        grad -= (grad * rows).sum(1, keepdim=True) * rows
+
+    @torch.no_grad()
+    def after_step_(self) -> None:
+        """Restore constraints after an optimiser step."""
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Turn an SAE trained on `scale·x` into one that maps raw `x` to raw `x̂`.
+
+        Pre-activations and latents are unchanged: `W_enc·s`, `W_dec/s`, `b_dec/s`.
+        """
+        for name in self.input_weights:
+            getattr(self, name).mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    # --- saving -----------------------------------------------------------------------------
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of `sae_weights.safetensors`, under SAELens's names."""
+        return {name: t.detach() for name, t in self.state_dict().items()}
+
+    def saelens_cfg(self) -> dict:
+        return {}
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+        """Write an SAELens v6 folder (cfg.json + sae_weights.safetensors), atomically."""
+        path = Path(path)
+        cfg = {
+            "architecture": self.saelens_architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": str(self.W_dec.dtype).removeprefix("torch."),
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            **self.saelens_cfg(),
+            "metadata": {
+                "sae_lens_version": SAELENS_VERSION,
+                **(metadata or {}),
+                "gated_sae": {"architecture": self.architecture, "options": self.options},
+            },
+        }
+        tensors = {k: v.contiguous().cpu() for k, v in self.saelens_tensors().items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            save_file(tensors, tmp / "sae_weights.safetensors")
+            (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            replace_dir(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` to `dst`, replacing any folder there, never leaving `dst` half-written."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -1,0 +1,116 @@
+"""The Gated SAE (Rajamanoharan et al. 2024, arXiv 2404.16014, Eqs. 5–9 and App. G)."""
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import SAE, TrainOutput, squared_error
+from .jumprelu import JumpReLUSAE
+
+
+class GatedSAE(SAE):
+    """Gate and magnitude paths over one encoder, as the paper defines them.
+
+    `π_gate = W_gate x_c + b_gate`, `π_mag = W_mag x_c + b_mag` with the tying
+    `W_mag = diag(exp(r_mag)) W_gate`, and `f = 1[π_gate > 0] ⊙ ReLU(π_mag)`.
+    Loss: `‖x − x̂(f)‖² + λ‖ReLU(π_gate)‖₁ + ‖x − x̂_frozen(ReLU(π_gate))‖²`, where the
+    auxiliary reconstruction uses stop-gradient copies of `W_dec` and `b_dec`.
+
+    Ablations: `b_mag=False` fixes b_mag at zero (not trained); `r_mag=False` fixes r_mag at
+    zero, so W_mag = W_gate; `tied=False` gives W_mag its own weights. `ri_l1=True` is the
+    variant SAELens trains: L1 weighted by decoder-row norms, auxiliary term through the
+    unfrozen decoder, no norm constraint.
+
+    `W_enc` holds W_gate, as in SAELens.
+    """
+
+    architecture = "gated"
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        b_mag: bool = True,
+        r_mag: bool = True,
+        tied: bool = True,
+        ri_l1: bool = False,
+    ):
+        if not tied and not r_mag:
+            raise ConfigError("gated option r_mag=False needs tied=True (untied has no r_mag)")
+        options = {"b_mag": b_mag, "r_mag": r_mag, "tied": tied, "ri_l1": ri_l1}
+        super().__init__(d_in, d_sae, options)
+        self.tied, self.ri_l1 = tied, ri_l1
+        self.b_gate = nn.Parameter(torch.zeros(d_sae))
+        zeros = torch.zeros(d_sae)
+        # A disabled part stays in the module as a zero buffer, so it is saved (as zeros,
+        # which SAELens reads) but never trained.
+        self._param_or_buffer("b_mag", zeros.clone(), b_mag)
+        if tied:
+            self._param_or_buffer("r_mag", zeros.clone(), r_mag)
+        else:
+            self.W_mag = nn.Parameter(self.W_enc.detach().clone())
+            self.input_weights = ("W_enc", "W_mag")
+
+    def _param_or_buffer(self, name: str, value: torch.Tensor, trained: bool) -> None:
+        if trained:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    @property
+    def saelens_architecture(self) -> str:
+        # SAELens cannot express the untied encoder: it gets a name of its own.
+        return "gated" if self.tied else "gated_untied"
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return not self.ri_l1
+
+    def gate_and_magnitude(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(π_gate, π_mag). Tied: one matmul serves both, since `x_c W_mag = (x_c W_gate) ⊙ e^r`."""
+        x_c = x - self.b_dec
+        gate_proj = x_c @ self.W_enc
+        pi_gate = gate_proj + self.b_gate
+        if self.tied:
+            pi_mag = torch.addcmul(self.b_mag, gate_proj, self.r_mag.exp())
+        else:
+            pi_mag = torch.addmm(self.b_mag, x_c, self.W_mag)
+        return pi_gate, pi_mag
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pi_gate, pi_mag = self.gate_and_magnitude(x)
+        return torch.relu(pi_mag) * (pi_gate > 0)
+
+    def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
+        pi_gate, pi_mag = self.gate_and_magnitude(x)
+        f = torch.relu(pi_mag) * (pi_gate > 0)  # the Heaviside passes no gradient
+        mse = squared_error(x, self.decode(f))
+        gate_acts = torch.relu(pi_gate)
+        if self.ri_l1:
+            sparsity = (gate_acts @ self.W_dec.norm(dim=1)).mean()
+            aux = squared_error(x, self.decode(gate_acts))
+        else:
+            sparsity = gate_acts.sum(-1).mean()
+            frozen = torch.addmm(self.b_dec.detach(), gate_acts, self.W_dec.detach())
+            aux = squared_error(x, frozen)
+        loss = mse + sparsity_coef * sparsity + aux
+        terms = {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": aux.detach()}
+        return TrainOutput(loss, terms, f)
+
+    @torch.no_grad()
+    def to_jumprelu(self) -> JumpReLUSAE:
+        """The exact JumpReLU equivalent (paper App. E): `W_enc = W_mag`, `b_enc = b_mag`,
+        `threshold = b_mag − exp(r_mag) ⊙ b_gate`. Only the tied encoder has one."""
+        if not self.tied:
+            raise ConfigError("only a tied gated SAE converts to jumprelu (this one is untied)")
+        scale = self.r_mag.exp()
+        # Built in our dtype and device before copying: a float32 detour would round float64
+        # weights, and a CUDA SAE would come back on the CPU.
+        out = JumpReLUSAE(self.d_in, self.d_sae).to(self.W_dec)
+        out.W_enc.copy_(self.W_enc * scale)
+        out.b_enc.copy_(self.b_mag)
+        out.threshold.copy_(self.b_mag - scale * self.b_gate)
+        out.W_dec.copy_(self.W_dec)
+        out.b_dec.copy_(self.b_dec)
+        return out

@@ -1,0 +1,89 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024b, arXiv 2407.14435; Gemma Scope, arXiv 2408.05147)."""
+
+import math
+
+import torch
+from torch import nn
+
+from .base import SAE, TrainOutput, squared_error
+
+
+def rectangle(u: torch.Tensor) -> torch.Tensor:
+    """The kernel `K(u) = 1[|u| < ½]`."""
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """`f = z ⊙ H(z − θ)`; straight-through gradients `∂f/∂z = H(z − θ)` and
+    `∂f/∂θ = −(θ/ε) K((z − θ)/ε)` (paper Eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, z, threshold, bandwidth):
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return z * (z > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad * (z > threshold)
+        grad_threshold = -(threshold / eps) * rectangle((z - threshold) / eps) * grad
+        return grad_z, grad_threshold.sum(0), None
+
+
+class StepFunction(torch.autograd.Function):
+    """`H(z − θ)`; no gradient to z, `∂H/∂θ = −(1/ε) K((z − θ)/ε)` (paper Eq. 12)."""
+
+    @staticmethod
+    def forward(ctx, z, threshold, bandwidth):
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = -(1.0 / eps) * rectangle((z - threshold) / eps) * grad
+        return None, grad_threshold.sum(0), None
+
+
+class JumpReLUSAE(SAE):
+    """`z = W_enc x_c + b_enc`, `f = z ⊙ H(z − θ)`, loss `‖x − x̂‖² + λ Σ_i H(z_i − θ_i)`.
+
+    `bandwidth` (ε) and `threshold_init` are given, as in the paper, for inputs scaled to unit
+    mean squared norm. The trainer scales inputs to `E‖x‖² = d_in`, so both are multiplied by
+    √d_in internally; otherwise ε would be far too narrow for the activations and L0 would
+    barely move. θ is a direct fp32 parameter, clamped at ≥ 0 after each step.
+    """
+
+    architecture = "jumprelu"
+    saelens_architecture = "jumprelu"
+    input_weights = ("W_enc",)
+
+    def __init__(
+        self, d_in: int, d_sae: int, *, bandwidth: float = 0.001, threshold_init: float = 0.001
+    ):
+        super().__init__(d_in, d_sae, {"bandwidth": bandwidth, "threshold_init": threshold_init})
+        self.bandwidth = bandwidth * math.sqrt(d_in)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.threshold = nn.Parameter(torch.full((d_sae,), threshold_init * math.sqrt(d_in)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.pre_activations(x)
+        return torch.relu(z) * (z > self.threshold)
+
+    def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
+        z = self.pre_activations(x)
+        threshold = self.threshold.float()
+        f = JumpReLUFunction.apply(z, threshold, self.bandwidth)
+        mse = squared_error(x, self.decode(f))
+        l0 = StepFunction.apply(z, threshold, self.bandwidth).sum(-1).mean()
+        loss = mse + sparsity_coef * l0
+        return TrainOutput(loss, {"mse": mse.detach(), "l0": l0.detach()}, f)
+
+    @torch.no_grad()
+    def after_step_(self) -> None:
+        super().after_step_()
+        self.threshold.clamp_(min=0.0)

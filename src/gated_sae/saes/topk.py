@@ -1,0 +1,148 @@
+"""TopK SAE with AuxK (Gao et al. 2024, arXiv 2406.04093) and BatchTopK (Bussmann et al. 2024,
+arXiv 2412.06410)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import SAE, TrainOutput, squared_error
+
+
+def normalized_squared_error(target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """`E‖t − t̂‖² / E‖t − E[t]‖²`, the normalised MSE of the reference code."""
+    return squared_error(target, estimate) / squared_error(target, target.mean(0))
+
+
+class TopKSAE(SAE):
+    """`f = ReLU(TopK_k(W_enc x_c + b_enc))`; loss: normalised MSE + α·AuxK.
+
+    AuxK: with `e = x − x̂` (detached), `ê = W_dec · TopK_{k_aux}(pre-activations of dead
+    latents)` without bias, `L_aux = ‖e − ê‖² / ‖e − E[e]‖²`. Which latents are dead is the
+    trainer's to say (no firing in a window of tokens), passed as `dead_mask`.
+    """
+
+    architecture = "topk"
+    saelens_architecture = "topk"
+    adam_betas = (0.9, 0.999)  # Gao et al.
+    uses_sparsity_coef = False
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        k: int = 32,
+        k_aux: int | None = None,
+        aux_coef: float = 1 / 32,
+    ):
+        # The default d_in/2 may exceed a narrow SAE's width (a SAELens folder names no k_aux).
+        k_aux = max(1, min(d_in // 2, d_sae)) if k_aux is None else k_aux
+        if not 0 < k <= d_sae:
+            raise ConfigError(f"k must be in 1..d_sae={d_sae}, got {k}")
+        if not 0 < k_aux <= d_sae:
+            raise ConfigError(f"k_aux must be in 1..d_sae={d_sae}, got {k_aux}")
+        if aux_coef < 0:
+            raise ConfigError(f"aux_coef must be >= 0, got {aux_coef}")
+        super().__init__(d_in, d_sae, {"k": k, "k_aux": k_aux, "aux_coef": aux_coef})
+        self.k, self.k_aux, self.aux_coef = k, k_aux, aux_coef
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+
+    def saelens_cfg(self) -> dict:
+        return {"k": self.k, "rescale_acts_by_decoder_norm": False}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
+
+    def sparse_decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """`Σ_j values_j W_dec[indices_j]` per row, without a dense [batch, d_sae] matmul."""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+
+    def auxk_loss(self, pre: torch.Tensor, residual: torch.Tensor, dead_mask) -> torch.Tensor:
+        if dead_mask is None or not bool(dead_mask.any()):
+            return pre.new_zeros(())
+        k_aux = min(self.k_aux, int(dead_mask.sum()))
+        dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
+        values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+        residual_hat = self.sparse_decode(torch.relu(values), indices)
+        return normalized_squared_error(residual.detach(), residual_hat)
+
+    def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        values = torch.relu(values)
+        x_hat = self.sparse_decode(values, indices) + self.b_dec
+        fvu = normalized_squared_error(x, x_hat)
+        aux = self.auxk_loss(pre, x - x_hat, dead_mask)
+        loss = fvu + self.aux_coef * aux
+        latents = torch.zeros_like(pre).scatter_(-1, indices, values.detach())
+        terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
+        return TrainOutput(loss, terms, latents)
+
+
+class BatchTopKSAE(TopKSAE):
+    """Keeps the `B·k` largest activations across a batch of B tokens (mean L0 exactly k).
+
+    Inference uses one global threshold θ, an exponential moving average of the smallest
+    kept activation of each training batch: `f = ReLU(z)·1[z > θ]`, which is a JumpReLU,
+    and that is how it is saved.
+    """
+
+    architecture = "batchtopk"
+    saelens_architecture = "jumprelu"
+    threshold_momentum = 0.99
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        k: int = 32,
+        k_aux: int | None = None,
+        aux_coef: float = 1 / 32,
+    ):
+        super().__init__(d_in, d_sae, k=k, k_aux=k_aux, aux_coef=aux_coef)
+        # One value, stored per latent so the saved tensor is SAELens's jumprelu threshold.
+        self.register_buffer("threshold", torch.zeros(d_sae))
+        self.register_buffer("threshold_initialised", torch.tensor(False))
+
+    def saelens_cfg(self) -> dict:
+        return {}
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = super().saelens_tensors()
+        del tensors["threshold_initialised"]
+        return tensors
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.pre_activations(x)
+        return torch.relu(z) * (z > self.threshold)
+
+    def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
+        pre = self.pre_activations(x)
+        acts = torch.relu(pre)
+        flat_values, flat_indices = acts.flatten().topk(self.k * x.shape[0], sorted=False)
+        latents = torch.zeros_like(acts).flatten().scatter(0, flat_indices, flat_values)
+        latents = latents.view_as(acts)
+        self._update_threshold(flat_values.detach())
+        x_hat = self.decode(latents)
+        fvu = normalized_squared_error(x, x_hat)
+        aux = self.auxk_loss(pre, x - x_hat, dead_mask)
+        loss = fvu + self.aux_coef * aux
+        terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
+        return TrainOutput(loss, terms, latents.detach())
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: torch.Tensor) -> None:
+        positive = kept[kept > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min()
+        if bool(self.threshold_initialised):
+            m = self.threshold_momentum
+            self.threshold.mul_(m).add_(smallest, alpha=1 - m)
+        else:
+            self.threshold.fill_(smallest)
+            self.threshold_initialised.fill_(True)

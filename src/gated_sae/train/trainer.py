@@ -1,0 +1,441 @@
+"""Train many SAEs on one stream of activation batches: each batch is read once and every SAE
+steps on it. The trainer knows nothing of models or text: it takes any iterable of
+[batch, d_in] tensors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from itertools import islice
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import ConfigError, DataError, GatedSAEError
+from ..saes import SAE, architecture_options, create_sae
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .schedules import lr_factor, sparsity_factor
+
+DEFAULT_LR = 3e-4  # Rajamanoharan et al. 2024 (relu, gated)
+DEFAULT_SPARSITY_COEF = {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5}
+
+
+def default_lr(arch: str, d_sae: int) -> float:
+    """3e-4 as in the Gated SAE paper; TopK follows Gao et al.: `2e-4 / √(d_sae / 2^14)`."""
+    if arch in ("topk", "batchtopk"):
+        return 2e-4 / math.sqrt(d_sae / 2**14)
+    return DEFAULT_LR
+
+
+@dataclass
+class SAEConfig:
+    """One SAE of a run: its architecture, width, options and optimisation settings."""
+
+    arch: str
+    d_sae: int
+    lr: float | None = None  # None: the architecture's default (see default_lr)
+    sparsity_coef: float | None = None  # λ; unused by topk/batchtopk (they take options.k)
+    options: dict = field(default_factory=dict)
+    name: str | None = None
+    resample_every: int = 0  # steps between dead-latent resamplings (relu/gated), 0 = off
+
+    def __post_init__(self):
+        accepted = architecture_options(self.arch)  # raises on an unknown architecture
+        unknown = sorted(set(self.options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"unknown option {unknown[0]!r} for {self.arch}; accepted: {', '.join(accepted)}"
+            )
+        _positive_int("d_sae", self.d_sae)
+        if self.lr is None:
+            self.lr = default_lr(self.arch, self.d_sae)
+        if self.sparsity_coef is None:
+            self.sparsity_coef = DEFAULT_SPARSITY_COEF.get(self.arch, 0.0)
+        _positive("lr", self.lr)
+        if self.sparsity_coef < 0 or not math.isfinite(self.sparsity_coef):
+            raise ConfigError(
+                f"sparsity_coef must be a finite number >= 0, got {self.sparsity_coef}"
+            )
+        if self.resample_every and self.arch not in ("relu", "gated"):
+            raise ConfigError(f"resample_every applies to relu and gated, not {self.arch}")
+
+
+@dataclass
+class TrainConfig:
+    """A training run: the SAEs, and what they share (batches, token budget, schedules)."""
+
+    saes: list[SAEConfig]
+    batch_size: int = 4096
+    tokens: int = 10_000_000
+    seed: int = 0
+    device: str = "cpu"
+    lr_warmup_steps: int = 100
+    lr_decay_fraction: float = 0.2
+    sparsity_warmup_fraction: float = 0.05
+    dead_tokens: int | None = None  # dead = no firing in this many tokens; None: tokens // 10
+    checkpoint_every: int = 500  # steps; 0 = only at the end
+    log_every: int = 10
+    wandb_project: str | None = None
+
+    def __post_init__(self):
+        self.saes = [s if isinstance(s, SAEConfig) else SAEConfig(**s) for s in self.saes]
+        if not self.saes:
+            raise ConfigError("a run needs at least one SAE")
+        for name in ("batch_size", "tokens", "log_every"):
+            _positive_int(name, getattr(self, name))
+        if self.tokens < self.batch_size:
+            raise ConfigError(
+                f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})"
+            )
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not 0 <= self.lr_decay_fraction <= 1 or not 0 <= self.sparsity_warmup_fraction <= 1:
+            raise ConfigError("lr_decay_fraction and sparsity_warmup_fraction must be in [0, 1]")
+        if self.dead_tokens is None:
+            self.dead_tokens = min(10_000_000, max(self.tokens // 10, self.batch_size))
+        _positive_int("dead_tokens", self.dead_tokens)
+        for s in self.saes:
+            if s.name is None:
+                same = [c for c in self.saes if (c.name or c.arch) == s.arch]
+                s.name = s.arch if len(same) == 1 else f"{s.arch}-{same.index(s)}"
+        names = [s.name for s in self.saes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"SAE names must be unique within a run, got {names}")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown run setting {unknown[0]!r}; accepted: {', '.join(sorted(known))}"
+            )
+        saes = raw.get("saes")
+        if not isinstance(saes, list):
+            raise ConfigError(
+                "the config needs a list 'saes' of SAEs, each with at least arch and d_sae"
+            )
+        sae_fields = {f.name for f in fields(SAEConfig)}
+        for s in saes:
+            bad = sorted(set(s) - sae_fields) if isinstance(s, dict) else ["(not a mapping)"]
+            if bad:
+                raise ConfigError(
+                    f"unknown SAE setting {bad[0]!r}; accepted: {', '.join(sorted(sae_fields))}"
+                )
+        try:
+            return cls(**{**raw, "saes": [SAEConfig(**s) for s in saes]})
+        except TypeError as e:
+            raise ConfigError(f"incomplete config: {e}") from None
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _positive(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+class TrainingSlot:
+    """One SAE under training with its optimiser and dead-latent counter."""
+
+    def __init__(self, cfg: SAEConfig, d_in: int, device: str):
+        self.cfg = cfg
+        self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
+        self.optimizer = torch.optim.Adam(
+            self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8
+        )
+        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+
+    def state(self) -> dict:
+        return {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tokens_since_fired.copy_(state["tokens_since_fired"])
+
+    def step(self, x: torch.Tensor, lr_scale: float, coef_scale: float, dead_tokens: int) -> dict:
+        """One optimiser step on a batch of scaled activations; returns detached terms."""
+        sae, opt = self.sae, self.optimizer
+        for group in opt.param_groups:
+            group["lr"] = self.cfg.lr * lr_scale
+        dead_mask = self.tokens_since_fired >= dead_tokens
+        out = sae.training_loss(x, self.cfg.sparsity_coef * coef_scale, dead_mask)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_decoder_grad_()
+        opt.step()
+        sae.after_step_()
+        with torch.no_grad():
+            active = out.latents > 0
+            self.tokens_since_fired += x.shape[0]
+            self.tokens_since_fired[active.any(0)] = 0
+        return {"loss": out.loss.detach(), **out.terms, "l0": active.sum(-1).float().mean()}
+
+    @torch.no_grad()
+    def resample_dead(self, x: torch.Tensor, window_tokens: int, generator: torch.Generator) -> int:
+        """Bricken et al. 2023: latents silent for the whole window get a high-loss input as their
+        decoder row, the same direction × 0.2 × mean alive encoder norm as their encoder column,
+        zero biases, and fresh Adam state."""
+        dead = torch.nonzero(self.tokens_since_fired >= window_tokens).flatten()
+        if dead.numel() == 0:
+            return 0
+        sae = self.sae
+        per_input_loss = (x - sae(x)).pow(2).sum(-1)
+        weights = per_input_loss.pow(2).cpu()
+        if float(weights.sum()) <= 0:
+            return 0
+        picks = torch.multinomial(weights, dead.numel(), replacement=True, generator=generator)
+        directions = x[picks.to(x.device)] - sae.b_dec
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        alive = torch.ones(sae.d_sae, dtype=torch.bool, device=x.device)
+        alive[dead] = False
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else 1.0
+        sae.W_dec[dead] = directions
+        for name in sae.input_weights:
+            getattr(sae, name)[:, dead] = directions.T * (0.2 * enc_norm)
+        for p in sae.parameters():
+            if p.ndim == 1 and p.shape[0] == sae.d_sae:  # per-latent biases (and r_mag)
+                p[dead] = 0.0
+        for name, p in sae.named_parameters():
+            latent_dim = 1 if name in sae.input_weights else 0  # W_enc is [d_in, d_sae]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in self.optimizer.state.get(p, {}):
+                    self.optimizer.state[p][moment].index_fill_(latent_dim, dead, 0.0)
+        self.tokens_since_fired[dead] = 0
+        return int(dead.numel())
+
+
+def estimate_input_scale(sample: torch.Tensor) -> float:
+    """The scalar `s` with `E‖s·x‖² = d_in` on a sample (sae-math.md, "Input scaling")."""
+    mean_sq_norm = sample.double().pow(2).sum(-1).mean()
+    if not mean_sq_norm > 0:
+        raise DataError("activations are all zero; cannot estimate the input scale")
+    return math.sqrt(sample.shape[1] / float(mean_sq_norm))
+
+
+class Trainer:
+    """Trains the SAEs of a `TrainConfig` on one stream of batches, checkpointing into `out`.
+
+    Running again with the same `out` and config resumes from the last checkpoint, and ends
+    with the same weights an uninterrupted run would have (bitwise on CPU).
+    """
+
+    def __init__(self, config: TrainConfig, out: str | Path, metadata: dict | None = None):
+        self.config, self.out = config, Path(out)
+        self.metadata = metadata or {}
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        self.log_path = self.out / "metrics.jsonl"
+
+    def sae_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, SAE]:
+        """Train to the token budget; write each SAE (input scale folded in) to `out/<name>`."""
+        cfg = self.config
+        run_file = self.out / "run.json"
+        if run_file.is_file():
+            run = json.loads(run_file.read_text())
+            if run.get("config") != asdict(cfg):
+                raise ConfigError(
+                    f"{self.out} holds a run with a different config; pass a new --out "
+                    "or the same settings to resume it"
+                )
+            if run.get("finished"):
+                from ..saes import load_sae
+
+                return {s.name: load_sae(self.sae_dir(s.name)) for s in cfg.saes}
+        resume = load_checkpoint(self.checkpoint_path) if self.checkpoint_path.is_file() else None
+        start = resume["step"] if resume else 0
+        stream = (
+            batches.iter_from(start)
+            if hasattr(batches, "iter_from")
+            else islice(iter(batches), start, None)
+        )
+        stream = iter(stream)
+        first = self._next_batch(stream, start)
+        d_in = first.shape[1]
+
+        torch.manual_seed(cfg.seed)
+        slots = [TrainingSlot(s, d_in, cfg.device) for s in cfg.saes]
+        generator = torch.Generator().manual_seed(cfg.seed)
+        if resume:
+            scale = resume["input_scale"]
+            for slot, state in zip(slots, resume["slots"], strict=True):
+                slot.load_state(state)
+            generator.set_state(resume["generator"])
+            self._truncate_log(start)
+        else:
+            scale = estimate_input_scale(first)
+            sample = first.to(cfg.device, torch.float32) * scale
+            for slot in slots:
+                slot.sae.init_from_data(sample)
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log_path.unlink(missing_ok=True)
+        atomic_write_text(run_file, json.dumps(self._run_record(d_in, scale, False), indent=2))
+
+        logger = _Logger(self.log_path, cfg.wandb_project, asdict(cfg))
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        batch = first
+        for step in range(start, cfg.steps):
+            if step > start:
+                batch = self._next_batch(stream, step)
+            if batch.shape[1] != d_in:
+                raise DataError(f"batch {step} has d_in {batch.shape[1]}, earlier batches {d_in}")
+            x = batch.to(cfg.device, torch.float32, non_blocking=True) * scale
+            lr_scale = lr_factor(step, cfg.steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
+            coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
+            records = []
+            for slot in slots:
+                terms = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens)
+                every = slot.cfg.resample_every
+                if every and (step + 1) % every == 0:
+                    terms["resampled"] = slot.resample_dead(x, every * cfg.batch_size, generator)
+                records.append((slot, terms))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                logger.log(
+                    step + 1,
+                    (step + 1) * cfg.batch_size,
+                    lr_scale,
+                    coef_scale,
+                    records,
+                    cfg.dead_tokens,
+                )
+                bar.set_postfix_str(
+                    " ".join(f"{s.cfg.name}:L0={float(t['l0']):.1f}" for s, t in records[:3])
+                )
+            bar.update(1)
+            done = step + 1
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                self._save_checkpoint(done, scale, slots, generator)
+        bar.close()
+        logger.close()
+        result = {}
+        for slot in slots:
+            sae = copy.deepcopy(slot.sae).cpu()
+            sae.fold_input_scale_(scale)
+            sae.save(
+                self.sae_dir(slot.cfg.name),
+                metadata={**self.metadata, "training": asdict(slot.cfg)},
+            )
+            result[slot.cfg.name] = sae
+        atomic_write_text(run_file, json.dumps(self._run_record(d_in, scale, True), indent=2))
+        self.checkpoint_path.unlink(missing_ok=True)
+        return result
+
+    def _next_batch(self, stream: Iterator[torch.Tensor], step: int) -> torch.Tensor:
+        try:
+            batch = next(stream)
+        except StopIteration:
+            raise DataError(
+                f"the activations ran out after {step} batches; the run needs "
+                f"{self.config.steps} batches of {self.config.batch_size}"
+            ) from None
+        if batch.ndim != 2 or batch.shape[0] != self.config.batch_size:
+            raise DataError(
+                f"batch {step} has shape {list(batch.shape)}; "
+                f"expected [{self.config.batch_size}, d_in]"
+            )
+        if not bool(torch.isfinite(batch).all()):
+            raise DataError(f"batch {step} contains NaN or Inf; activations must be finite")
+        return batch
+
+    def _save_checkpoint(self, step: int, scale: float, slots, generator) -> None:
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "step": step,
+                "input_scale": scale,
+                "slots": [slot.state() for slot in slots],
+                "generator": generator.get_state(),
+            },
+        )
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from."""
+        if not self.log_path.is_file():
+            return
+        keep = [
+            line
+            for line in self.log_path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= step
+        ]
+        atomic_write_text(self.log_path, "".join(line + "\n" for line in keep))
+
+    def _run_record(self, d_in: int, scale: float, finished: bool) -> dict:
+        return {
+            "config": asdict(self.config),
+            "d_in": d_in,
+            "input_scale": scale,
+            "finished": finished,
+            "metadata": self.metadata,
+            "versions": {
+                "gated_sae": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+class _Logger:
+    """Per-step metrics as JSON lines (one per SAE), and to wandb when asked."""
+
+    def __init__(self, path: Path, wandb_project: str | None, config: dict):
+        self.file = path.open("a")
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError(
+                    "wandb_project is set but wandb is not installed (pip install wandb)"
+                ) from None
+            self.wandb = wandb.init(project=wandb_project, config=config)
+
+    def log(self, step, tokens, lr_scale, coef_scale, records, dead_tokens) -> None:
+        for slot, terms in records:
+            row = {
+                "step": step,
+                "tokens": tokens,
+                "sae": slot.cfg.name,
+                "lr": slot.cfg.lr * lr_scale,
+                "sparsity_coef": slot.cfg.sparsity_coef * coef_scale,
+            }
+            row.update({k: float(v) for k, v in terms.items()})
+            row["dead_fraction"] = float((slot.tokens_since_fired >= dead_tokens).float().mean())
+            if not math.isfinite(row["loss"]):
+                raise GatedSAEError(
+                    f"SAE {slot.cfg.name} diverged (loss {row['loss']}) at step {step}; "
+                    "lower its lr"
+                )
+            self.file.write(json.dumps(row) + "\n")
+            if self.wandb is not None:
+                self.wandb.log(
+                    {f"{slot.cfg.name}/{k}": v for k, v in row.items() if k != "sae"}, step=step
+                )
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
