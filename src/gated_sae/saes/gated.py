@@ -7,6 +7,55 @@ from ..errors import ConfigError
 from .base import SAE, TrainOutput, squared_error
 from .jumprelu import JumpReLUSAE
 
+CHUNK_ELEMENTS = 1 << 17  # 512 KiB of float32: a chunk's temporaries stay in L2
+
+
+def row_chunks(n_rows: int, row_length: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // row_length)
+    return [slice(i, i + step) for i in range(0, n_rows, step)]
+
+
+class TiedGatedActivations(torch.autograd.Function):
+    """`(f, ReLU(π_gate))` from `G = x_c W_gate`: `π_gate = G + b_gate`,
+    `π_mag = G ⊙ exp(r_mag) + b_mag`, `f = 1[π_gate > 0] ⊙ ReLU(π_mag)`.
+
+    The same values and gradients as the eager expressions (the Heaviside passes no
+    gradient), computed a few rows at a time so the [batch, d_sae] temporaries stay in cache:
+    eagerly, the dozen full-size elementwise passes cost more than the extra decoder matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_proj, b_gate, r_mag, b_mag):
+        scale = r_mag.exp()
+        f, gate_acts = torch.empty_like(gate_proj), torch.empty_like(gate_proj)
+        for rows in row_chunks(*gate_proj.shape):
+            pi_gate = gate_proj[rows] + b_gate
+            torch.clamp_min(pi_gate, 0, out=gate_acts[rows])
+            magnitude = torch.addcmul(b_mag, gate_proj[rows], scale, out=f[rows])
+            magnitude.clamp_min_(0).mul_(pi_gate > 0)
+        ctx.save_for_backward(gate_proj, f, gate_acts, scale)
+        return f, gate_acts
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_gate_acts):
+        gate_proj, f, gate_acts, scale = ctx.saved_tensors
+        grad_proj = torch.empty_like(gate_proj)
+        grad_b_gate, grad_r_mag, grad_b_mag = (torch.zeros_like(scale) for _ in range(3))
+        for rows in row_chunks(*gate_proj.shape):
+            grad_mag = grad_f[rows] * (f[rows] > 0)
+            grad_gate = grad_gate_acts[rows] * (gate_acts[rows] > 0)
+            grad_b_gate += grad_gate.sum(0)
+            grad_b_mag += grad_mag.sum(0)
+            grad_r_mag += (grad_mag * gate_proj[rows]).sum(0)
+            torch.addcmul(grad_gate, grad_mag, scale, out=grad_proj[rows])
+        _, needs_b_gate, needs_r_mag, needs_b_mag = ctx.needs_input_grad
+        return (
+            grad_proj,
+            grad_b_gate if needs_b_gate else None,
+            grad_r_mag * scale if needs_r_mag else None,
+            grad_b_mag if needs_b_mag else None,
+        )
+
 
 class GatedSAE(SAE):
     """Gate and magnitude paths over one encoder, as the paper defines them.
@@ -83,10 +132,17 @@ class GatedSAE(SAE):
         return torch.relu(pi_mag) * (pi_gate > 0)
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
-        pi_gate, pi_mag = self.gate_and_magnitude(x)
-        f = torch.relu(pi_mag) * (pi_gate > 0)  # the Heaviside passes no gradient
+        gate_proj = self.training_pre_activations(x, self.W_enc, torch.zeros_like(self.b_gate))
+        if self.tied:
+            f, gate_acts = TiedGatedActivations.apply(
+                gate_proj, self.b_gate, self.r_mag, self.b_mag
+            )
+        else:
+            pi_gate = gate_proj + self.b_gate
+            pi_mag = self.training_pre_activations(x, self.W_mag, self.b_mag)
+            f = torch.relu(pi_mag) * (pi_gate > 0)  # the Heaviside passes no gradient
+            gate_acts = torch.relu(pi_gate)
         mse = squared_error(x, self.decode(f))
-        gate_acts = torch.relu(pi_gate)
         if self.ri_l1:
             sparsity = (gate_acts @ self.W_dec.norm(dim=1)).mean()
             aux = squared_error(x, self.decode(gate_acts))

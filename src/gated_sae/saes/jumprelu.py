@@ -75,7 +75,7 @@ class JumpReLUSAE(SAE):
         return torch.relu(z) * (z > self.threshold)
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
-        z = self.pre_activations(x)
+        z = self.training_pre_activations(x, self.W_enc, self.b_enc)
         threshold = self.threshold.float()
         f = JumpReLUFunction.apply(z, threshold, self.bandwidth)
         mse = squared_error(x, self.decode(f))

@@ -29,7 +29,7 @@ class ReLUSAE(SAE):
         return torch.relu(self.pre_activations(x))
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
-        f = self.encode(x)
+        f = torch.relu(self.training_pre_activations(x, self.W_enc, self.b_enc))
         mse = squared_error(x, self.decode(f))
         if self.decoder_norm_l1:
             sparsity = (f @ self.W_dec.norm(dim=1)).mean()

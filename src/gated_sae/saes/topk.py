@@ -70,7 +70,7 @@ class TopKSAE(SAE):
         return normalized_squared_error(residual.detach(), residual_hat)
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
-        pre = self.pre_activations(x)
+        pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         values = torch.relu(values)
         x_hat = self.sparse_decode(values, indices) + self.b_dec
@@ -121,7 +121,7 @@ class BatchTopKSAE(TopKSAE):
         return torch.relu(z) * (z > self.threshold)
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
-        pre = self.pre_activations(x)
+        pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
         acts = torch.relu(pre)
         flat_values, flat_indices = acts.flatten().topk(self.k * x.shape[0], sorted=False)
         latents = torch.zeros_like(acts).flatten().scatter(0, flat_indices, flat_values)
