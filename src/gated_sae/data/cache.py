@@ -1,10 +1,12 @@
-"""Activations on disk: single tensor files, the sharded activation cache, shuffled batches."""
+"""Activations: single tensor files, the sharded activation cache, shuffled batches of either,
+and shuffled batches streamed from a model without a cache."""
 
 from __future__ import annotations
 
 import bisect
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -25,6 +27,8 @@ from .corpus import (
     check_context_size,
     check_dataset,
     describe_dataset,
+    iter_windows,
+    special_token_ids,
     token_windows,
     windows_for_tokens,
 )
@@ -605,3 +609,100 @@ def cache_batches(
     if not isinstance(cache, ActivationCache):
         cache = load_cache(cache)
     return CacheBatches(cache, batch_size, seed, skip_bos=skip_bos, buffer_tokens=buffer_tokens)
+
+
+# --- shuffled batches streamed from a model (no cache) -------------------------------------
+
+
+class ModelBatches:
+    """Shuffled float32 batches [batch_size, d_in] of `lm`'s activations at `site`, computed
+    on the fly from the train windows of `dataset`: nothing is written to disk.
+
+    The train windows are read in order, over and over (one epoch is one pass over the
+    corpus), and cut into chunks of `buffer_tokens // per_window` windows (at least one). Each
+    chunk goes through the model `lm_batch_size` windows per forward; its activations (BOS
+    positions dropped when `skip_bos`) form a shuffle buffer permuted by a generator seeded
+    with (seed, chunk index). The permuted chunks, one after another, are cut into batches, so
+    one forward pass feeds every SAE that steps on a batch.
+
+    Every chunk holds the same number of tokens, so `iter_from(step)` knows the chunk a step
+    starts in. It skips the windows before that chunk by tokenizing them (no forward pass),
+    then recomputes that chunk: a resumed run sees exactly the batches an uninterrupted one
+    would, at the cost of re-reading the text it skips.
+    """
+
+    def __init__(
+        self, lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096,
+        seed: int = 0, *, context_size: int = 128, lm_batch_size: int = 32,
+        buffer_tokens: int = 1 << 18, text_field: str = "text", skip_bos: bool = True,
+    ):
+        for name, value in (("batch_size", batch_size), ("lm_batch_size", lm_batch_size),
+                            ("buffer_tokens", buffer_tokens)):
+            _check_positive(name, value)
+        check_context_size(context_size, lm.n_ctx)
+        check_dataset(dataset)
+        self.lm, self.site, self.dataset, self.text_field = lm, site, dataset, text_field
+        self.batch_size, self.seed, self.skip_bos = batch_size, seed, skip_bos
+        self.context_size, self.lm_batch_size = context_size, lm_batch_size
+        self.bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
+        probe = lm.activations(torch.tensor([[self.bos, self.bos]]), site)  # bad site fails here
+        if probe.ndim != 3 or probe.shape[:2] != (1, 2):
+            raise ConfigError(f"site {site!r} gives activations of shape {list(probe.shape)}; "
+                              "expected [batch, tokens, d]")
+        self.d_in = int(probe.shape[-1])
+        self.per_window = context_size - 1 if skip_bos else context_size
+        self.chunk_windows = max(1, buffer_tokens // self.per_window)
+        self.chunk_tokens = self.chunk_windows * self.per_window
+
+    def _windows(self) -> Iterator[list[int]]:
+        """The train windows of the corpus, epoch after epoch, without end."""
+        while True:
+            count = 0
+            for window in iter_windows(
+                self.lm.tokenizer, self.dataset, context_size=self.context_size,
+                text_field=self.text_field, split="train", bos_token_id=self.bos,
+            ):
+                count += 1
+                yield window
+            if count == 0:
+                raise DataError(f"dataset {self.dataset!r} has too little text for one train "
+                                f"window of {self.context_size} tokens")
+
+    def _chunk(self, windows: Iterator[list[int]], index: int) -> torch.Tensor:
+        ids = torch.tensor(list(itertools.islice(windows, self.chunk_windows)))
+        first = 1 if self.skip_bos else 0
+        parts = []
+        for start in range(0, len(ids), self.lm_batch_size):
+            acts = self.lm.activations(ids[start:start + self.lm_batch_size], self.site)
+            where = f"activations of {self.site} on training windows"
+            check_finite(acts, where)
+            parts.append(acts[:, first:].reshape(-1, acts.shape[-1]).float())
+        flat = torch.cat(parts)
+        order = np.random.default_rng([self.seed, index]).permutation(flat.shape[0])
+        return flat[torch.from_numpy(order).to(flat.device)]
+
+    def iter_from(self, step: int) -> Iterator[torch.Tensor]:
+        """The batches from `step` on, exactly those an iteration from 0 would give there."""
+        bs = self.batch_size
+        index, offset = divmod(step * bs, self.chunk_tokens)
+        windows = self._windows()
+        for _ in itertools.islice(windows, index * self.chunk_windows):
+            pass
+        pending = self._chunk(windows, index)[offset:]
+        while True:
+            while pending.shape[0] < bs:
+                index += 1
+                pending = torch.cat([pending, self._chunk(windows, index)])
+            yield pending[:bs]
+            pending = pending[bs:]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.iter_from(0)
+
+
+def model_batches(
+    lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096, seed: int = 0,
+    **options: Any,
+) -> ModelBatches:
+    """Shuffled float32 batches streamed from `lm` at `site`: see ModelBatches."""
+    return ModelBatches(lm, site, dataset, batch_size, seed, **options)

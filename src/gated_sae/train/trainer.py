@@ -101,10 +101,11 @@ class TrainConfig:
         if self.dead_tokens is None:
             self.dead_tokens = min(10_000_000, max(self.tokens // 10, self.batch_size))
         _positive_int("dead_tokens", self.dead_tokens)
-        for s in self.saes:
-            if s.name is None:
-                same = [c for c in self.saes if (c.name or c.arch) == s.arch]
-                s.name = s.arch if len(same) == 1 else f"{s.arch}-{same.index(s)}"
+        unnamed = [s for s in self.saes if s.name is None]
+        for s in unnamed:
+            same_arch = [c for c in unnamed if c.arch == s.arch]
+            index = next(i for i, c in enumerate(same_arch) if c is s)
+            s.name = s.arch if len(same_arch) == 1 else f"{s.arch}-{index}"
         names = [s.name for s in self.saes]
         if len(set(names)) != len(names):
             raise ConfigError(f"SAE names must be unique within a run, got {names}")
@@ -213,10 +214,11 @@ class TrainingSlot:
         sae.W_dec[dead] = directions
         for name in sae.input_weights:
             getattr(sae, name)[:, dead] = directions.T * (0.2 * enc_norm)
-        for p in sae.parameters():
-            if p.ndim == 1 and p.shape[0] == sae.d_sae:  # per-latent biases (and r_mag)
-                p[dead] = 0.0
         for name, p in sae.named_parameters():
+            if name == "b_dec":
+                continue
+            if p.ndim == 1:  # per-latent biases (and r_mag)
+                p[dead] = 0.0
             latent_dim = 1 if name in sae.input_weights else 0  # W_enc is [d_in, d_sae]
             for moment in ("exp_avg", "exp_avg_sq"):
                 if moment in self.optimizer.state.get(p, {}):
