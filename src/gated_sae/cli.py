@@ -153,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lm-batch-size", type=_count, help="windows per forward (default 8)")
     evaluate.add_argument("--device", default="cpu")
 
+    demo = commands.add_parser(
+        "demo", help="cache SmolLM2-135M activations, train relu/gated/topk, report (offline)"
+    )
+    demo.add_argument("--out", default="runs/demo", help="output folder; rerunning resumes")
+    demo.add_argument("--cache-tokens", type=int, default=100_000)
+    demo.add_argument("--train-tokens", type=int, default=400_000)
+    demo.add_argument("--device", default="cpu")
+
+    sweep = commands.add_parser(
+        "sweep", help="train and evaluate a grid of SAEs; rerunning resumes"
+    )
+    sweep.add_argument("config", nargs="?", help="sweep YAML (or use --preset)")
+    sweep.add_argument("--preset", help="questions (2-core CPU, ~1 hour) or paper (GPU scale)")
+    sweep.add_argument("--out", required=True, help="sweep folder: results.csv, passes, cache")
+    sweep.add_argument("--device", help="override the config's device")
+
+    report = commands.add_parser("report", help="write report.md and report.html for a sweep")
+    report.add_argument("sweep_dir")
+
     synth = commands.add_parser("synth", help="write synthetic activations with known features")
     synth.add_argument("--out", required=True, help="file: .npy, .safetensors or .pt")
     synth.add_argument("--n", type=int, default=100_000, help="number of samples")
@@ -484,7 +503,38 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(features_path(args.out))
 
 
-COMMANDS = {"cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "synth": cmd_synth}
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .experiments.demo import run_demo
+
+    report = run_demo(
+        args.out, cache_tokens=args.cache_tokens, train_tokens=args.train_tokens,
+        device=args.device,
+    )
+    print(f"report: {report}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .experiments.sweep import Sweep, load_sweep_config
+
+    if (args.config is None) == (args.preset is None):
+        raise ConfigError("sweep needs exactly one of a CONFIG file or --preset")
+    config = load_sweep_config(args.config, args.preset)
+    if args.device:
+        config.device = args.device
+    print(f"results: {Sweep(config, args.out).run()}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .experiments.report import write_report
+
+    for path in write_report(args.sweep_dir):
+        print(path)
+
+
+COMMANDS = {
+    "cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+    "sweep": cmd_sweep, "report": cmd_report, "synth": cmd_synth,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

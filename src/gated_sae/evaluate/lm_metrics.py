@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import torch
 from tqdm import tqdm
@@ -25,13 +26,13 @@ from ..saes.base import SAE
 
 def lm_metrics(
     lm: LanguageModel,
-    sae: SAE,
+    sae: SAE | Mapping[str, SAE],
     site: str,
     windows: torch.Tensor,
     *,
     batch_size: int = 8,
     skip_bos: bool = True,
-) -> dict[str, float]:
+) -> dict:
     """Cross-entropy of `lm` on `windows` [n, T], clean, with x̂ spliced in, and with zeros.
 
     Positions: with `skip_bos` (position 0 of each window is BOS), the activation is replaced
@@ -45,22 +46,30 @@ def lm_metrics(
     Returns `ce_clean`, `ce_sae`, `ce_zero`, `loss_recovered`, `delta_loss`, `kl` (nats per
     token) and `n_tokens` (predictions counted). Sums are accumulated in float64, so the
     result does not depend on `batch_size`. The SAE runs in float32 whatever the model's dtype.
+    Given a mapping of SAEs, returns a mapping of results, sharing the clean and zero passes.
     """
+    saes = dict(sae) if isinstance(sae, Mapping) else {"": sae}
     first = 1 if skip_bos else 0
-    _check(lm, sae, site, windows, first, batch_size)
-    if any(p.dtype != torch.float32 for p in sae.parameters()):
-        sae = copy.deepcopy(sae).float()  # a copy: the caller's SAE keeps its dtype
-    sae_device = next(sae.parameters()).device
+    for one in saes.values():
+        _check(lm, one, site, windows, first, batch_size)
+    # float32 copies: the caller's SAEs keep their dtype
+    saes = {k: v if _is_float32(v) else copy.deepcopy(v).float() for k, v in saes.items()}
 
-    def reconstruct(a: torch.Tensor) -> torch.Tensor:
-        x = a[:, first:].reshape(-1, a.shape[-1]).to(device=sae_device, dtype=torch.float32)
-        x_hat = sae.decode(sae.encode(x)).reshape(a[:, first:].shape).to(a.device, a.dtype)
-        return torch.cat([a[:, :first], x_hat], dim=1)
+    def reconstruct_with(one: SAE):
+        device = next(one.parameters()).device
+
+        def reconstruct(a: torch.Tensor) -> torch.Tensor:
+            x = a[:, first:].reshape(-1, a.shape[-1]).to(device=device, dtype=torch.float32)
+            x_hat = one.decode(one.encode(x)).reshape(a[:, first:].shape).to(a.device, a.dtype)
+            return torch.cat([a[:, :first], x_hat], dim=1)
+
+        return reconstruct
 
     def zero(a: torch.Tensor) -> torch.Tensor:
         return torch.cat([a[:, :first], torch.zeros_like(a[:, first:])], dim=1)
 
-    sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero", "kl"), 0.0)
+    sums = {"ce_clean": 0.0, "ce_zero": 0.0}
+    per_sae = {k: {"ce_sae": 0.0, "kl": 0.0} for k in saes}
     n_tokens = 0
     with torch.inference_mode(), tqdm(total=len(windows), desc=f"LM metrics at {site}",
                                       unit="window", leave=False) as bar:
@@ -69,32 +78,39 @@ def lm_metrics(
             targets = ids[:, first + 1:]
             # logits at position t predict token t+1; keep those made from spliced positions
             clean = _log_probs(lm.logits(ids), first)
-            with lm.splice(site, reconstruct):
-                spliced = _log_probs(lm.logits(ids), first)
             with lm.splice(site, zero):
-                zeroed = _log_probs(lm.logits(ids), first)
+                sums["ce_zero"] += _nll_sum(_log_probs(lm.logits(ids), first), targets)
             sums["ce_clean"] += _nll_sum(clean, targets)
-            sums["ce_sae"] += _nll_sum(spliced, targets)
-            sums["ce_zero"] += _nll_sum(zeroed, targets)
-            # KL(clean ‖ sae) per token = Σ_v p_clean (log p_clean − log p_sae)
-            kl = (clean.exp() * (clean - spliced)).sum(-1)
-            sums["kl"] += kl.double().sum().item()
+            for name, one in saes.items():
+                with lm.splice(site, reconstruct_with(one)):
+                    spliced = _log_probs(lm.logits(ids), first)
+                per_sae[name]["ce_sae"] += _nll_sum(spliced, targets)
+                # KL(clean ‖ sae) per token = Σ_v p_clean (log p_clean − log p_sae)
+                kl = (clean.exp() * (clean - spliced)).sum(-1)
+                per_sae[name]["kl"] += kl.double().sum().item()
             n_tokens += targets.numel()
             bar.update(len(ids))
 
-    ce_clean, ce_sae, ce_zero, kl = (sums[k] / n_tokens for k in ("ce_clean", "ce_sae",
-                                                                    "ce_zero", "kl"))
+    ce_clean, ce_zero = sums["ce_clean"] / n_tokens, sums["ce_zero"] / n_tokens
     denominator = ce_zero - ce_clean
-    return {
-        "ce_clean": ce_clean,
-        "ce_sae": ce_sae,
-        "ce_zero": ce_zero,
-        # undefined when zeroing the site changes nothing
-        "loss_recovered": (ce_zero - ce_sae) / denominator if denominator != 0 else math.nan,
-        "delta_loss": ce_sae - ce_clean,
-        "kl": kl,
-        "n_tokens": n_tokens,
-    }
+    results = {}
+    for name, totals in per_sae.items():
+        ce_sae = totals["ce_sae"] / n_tokens
+        results[name] = {
+            "ce_clean": ce_clean,
+            "ce_sae": ce_sae,
+            "ce_zero": ce_zero,
+            # undefined when zeroing the site changes nothing
+            "loss_recovered": (ce_zero - ce_sae) / denominator if denominator != 0 else math.nan,
+            "delta_loss": ce_sae - ce_clean,
+            "kl": totals["kl"] / n_tokens,
+            "n_tokens": n_tokens,
+        }
+    return results if isinstance(sae, Mapping) else results[""]
+
+
+def _is_float32(sae: SAE) -> bool:
+    return all(p.dtype == torch.float32 for p in sae.parameters())
 
 
 def _log_probs(logits: torch.Tensor, first: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ steps on it. The trainer knows nothing of models or text: it takes any iterable 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import platform
@@ -150,11 +151,20 @@ def _positive(name: str, value) -> None:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
 
 
+def init_seed(seed: int, cfg: SAEConfig, d_in: int) -> int:
+    """The seed of an SAE's initial weights: a function of the run seed and the SAE's shape
+    alone, so an SAE starts the same whichever SAEs share its run, and SAEs that differ
+    only in lr or sparsity coefficient start from the same weights."""
+    key = json.dumps([seed, cfg.arch, d_in, cfg.d_sae, cfg.options], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
+
+
 class TrainingSlot:
     """One SAE under training with its optimiser and dead-latent counter."""
 
-    def __init__(self, cfg: SAEConfig, d_in: int, device: str):
+    def __init__(self, cfg: SAEConfig, d_in: int, device: str, seed: int):
         self.cfg = cfg
+        torch.manual_seed(init_seed(seed, cfg, d_in))
         self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
         self.optimizer = torch.optim.Adam(
             self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8
@@ -277,8 +287,7 @@ class Trainer:
         first = self._next_batch(stream, start)
         d_in = first.shape[1]
 
-        torch.manual_seed(cfg.seed)
-        slots = [TrainingSlot(s, d_in, cfg.device) for s in cfg.saes]
+        slots = [TrainingSlot(s, d_in, cfg.device, cfg.seed) for s in cfg.saes]
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume:
             scale = resume["input_scale"]
@@ -298,6 +307,10 @@ class Trainer:
         logger = _Logger(self.log_path, cfg.wandb_project, asdict(cfg))
         bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
         batch = first
+        # Time in SAE steps alone, against the loop's wall time: what reading, moving and
+        # shuffling batches and logging cost on top (benchmarks/sweep_amortization.py).
+        step_seconds = {slot.cfg.name: 0.0 for slot in slots}
+        loop_started = time.perf_counter()
         for step in range(start, cfg.steps):
             if step > start:
                 batch = self._next_batch(stream, step)
@@ -308,7 +321,9 @@ class Trainer:
             coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
             records = []
             for slot in slots:
+                started = time.perf_counter()
                 terms = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens)
+                step_seconds[slot.cfg.name] += time.perf_counter() - started
                 every = slot.cfg.resample_every
                 if every and (step + 1) % every == 0:
                     terms["resampled"] = slot.resample_dead(x, every * cfg.batch_size, generator)
@@ -329,6 +344,11 @@ class Trainer:
             done = step + 1
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 self._save_checkpoint(done, scale, slots, generator)
+        timing = {
+            "steps": cfg.steps - start,
+            "wall_seconds": time.perf_counter() - loop_started,
+            "step_seconds": step_seconds,
+        }
         bar.close()
         logger.close()
         result = {}
@@ -340,7 +360,8 @@ class Trainer:
                 metadata={**self.metadata, "training": asdict(slot.cfg)},
             )
             result[slot.cfg.name] = sae
-        atomic_write_text(run_file, json.dumps(self._run_record(d_in, scale, True), indent=2))
+        record = {**self._run_record(d_in, scale, True), "timing": timing}
+        atomic_write_text(run_file, json.dumps(record, indent=2))
         self.checkpoint_path.unlink(missing_ok=True)
         return result
 

@@ -1,0 +1,242 @@
+"""Small pure functions behind the sweep report: each variant's best learning rate, the
+L0–fidelity Pareto frontier, and comparisons of two frontiers at matched L0.
+
+Rows are mappings with the columns of a sweep's results.csv, numbers already parsed
+(missing metrics as NaN). A row's sparsity level is its `k` for TopK-like SAEs and its
+`sparsity_coef` otherwise; `"sparsity"` names that level wherever a function takes keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+METRICS = (
+    "l0",
+    "fvu",
+    "explained_variance",
+    "mse",
+    "gamma",
+    "dead_fraction",
+    "dense_fraction",
+    "ce_clean",
+    "ce_sae",
+    "ce_zero",
+    "loss_recovered",
+    "delta_loss",
+    "kl",
+)
+
+# Settings copied into a summary row when every row of its group shares them.
+CARRIED = ("arch", "variant", "d_sae", "lr", "sparsity_coef", "k")
+
+
+def sparsity_level(row: Mapping) -> float | int | None:
+    """The knob that sets sparsity: `k` when the row has one (topk, batchtopk), else λ."""
+    k = row.get("k")
+    return k if k is not None else row.get("sparsity_coef")
+
+
+def _field(row: Mapping, key: str):
+    return sparsity_level(row) if key == "sparsity" else row.get(key)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def summarize(rows: Iterable[Mapping], by: Sequence[str]) -> list[dict]:
+    """Mean and seed spread of every metric over the rows sharing the values of `by`.
+
+    For a metric m measured on seeds s = 1..n: `m` = (1/n) Σ_s m_s, `m_spread` = max_s m_s −
+    min_s m_s, and `n_seeds` = n (rows in the group). NaN values are left out of both; a
+    metric with no finite value gets NaN. The `CARRIED` columns on which all rows of a group
+    agree are kept; `roles` is the union of the rows' roles. Groups come in first-seen order.
+    """
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(_field(row, k) for k in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        summary = dict(zip(by, key, strict=True))
+        for name in CARRIED:
+            values = {m.get(name) for m in members}
+            if len(values) == 1:
+                summary.setdefault(name, values.pop())
+        summary["roles"] = frozenset().union(*(m.get("roles", ()) for m in members))
+        summary["n_seeds"] = len(members)
+        for metric in METRICS:
+            values = [m.get(metric) for m in members if _finite(m.get(metric))]
+            summary[metric] = sum(values) / len(values) if values else math.nan
+            summary[f"{metric}_spread"] = max(values) - min(values) if values else math.nan
+        out.append(summary)
+    return out
+
+
+def _choice_score(summary: Mapping) -> tuple[int, float]:
+    """Higher is better: any finite mean loss recovered beats a fallback on FVU."""
+    if _finite(summary["loss_recovered"]):
+        return (2, summary["loss_recovered"])
+    if _finite(summary["fvu"]):
+        return (1, -summary["fvu"])
+    return (0, 0.0)
+
+
+def best_lr_rows(
+    rows: Iterable[Mapping], by: Sequence[str] = ("variant", "d_sae", "sparsity")
+) -> list[dict]:
+    """For each group of `by` (default: variant, width, sparsity level), the learning rate
+    with the best mean over seeds, as that lr's `summarize` row.
+
+    best lr = argmax_lr mean_s loss_recovered(lr, s); where no lr of the group has a finite
+    loss recovered, argmin_lr mean_s FVU(lr, s). Ties go to the smaller lr. Each returned
+    row also lists `lrs`, the learning rates swept in its group, in increasing order.
+    """
+    per_lr = summarize(rows, (*by, "lr"))
+    groups: dict[tuple, list[dict]] = {}
+    for summary in per_lr:
+        groups.setdefault(tuple(summary[k] for k in by), []).append(summary)
+    out = []
+    for candidates in groups.values():
+        candidates.sort(key=lambda s: s["lr"])
+        best = max(candidates, key=_choice_score)
+        out.append({**best, "lrs": [s["lr"] for s in candidates]})
+    return out
+
+
+def frontier(points: Iterable[Sequence], higher_is_better: bool = True) -> list[tuple]:
+    """The Pareto frontier of points (L0, fidelity, *payload): lower L0 is better, and higher
+    fidelity (loss recovered) or, with `higher_is_better=False`, lower fidelity (FVU).
+
+    A point p is kept when no other point q has L0_q ≤ L0_p and fidelity_q at least as good
+    as fidelity_p (one of the two strictly). Points with a non-finite value or L0 ≤ 0 are
+    dropped (comparisons work in log L0). Returned sorted by increasing L0, so the fidelity
+    strictly improves along it; extra entries of a point ride along unchanged.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    usable = [tuple(p) for p in points if _finite(p[0]) and _finite(p[1]) and p[0] > 0]
+    usable.sort(key=lambda p: (p[0], -sign * p[1]))
+    kept: list[tuple] = []
+    for p in usable:
+        if not kept or sign * p[1] > sign * kept[-1][1]:
+            kept.append(p)
+    return kept
+
+
+def bracket(front: Sequence[Sequence], l0: float) -> list[Sequence]:
+    """The frontier points that `interpolate_at` uses at `l0`: the point itself when `l0` is
+    one of the frontier's L0s, else its two neighbours; [] outside [min L0, max L0]."""
+    if not front or not _finite(l0) or l0 < front[0][0] or l0 > front[-1][0]:
+        return []
+    for i, p in enumerate(front):
+        if p[0] == l0:
+            return [p]
+        if p[0] > l0:
+            return [front[i - 1], p]
+    return []
+
+
+def interpolate_at(front: Sequence[Sequence], l0: float) -> float | None:
+    """Fidelity of the frontier at `l0`, linear in log L0 between the neighbouring points:
+    y = y_i + (y_{i+1} − y_i) · (ln l0 − ln l0_i) / (ln l0_{i+1} − ln l0_i).
+    None when `l0` is outside the frontier's L0 range (no extrapolation)."""
+    points = bracket(front, l0)
+    if not points:
+        return None
+    if len(points) == 1:
+        return points[0][1]
+    (x0, y0, *_), (x1, y1, *_) = points
+    t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return y0 + t * (y1 - y0)
+
+
+def matched_l0_grid(a: Sequence[Sequence], b: Sequence[Sequence]) -> list[float]:
+    """L0 values to compare two frontiers at: the ends and the geometric middle of the L0
+    range both cover, [lo, √(lo·hi), hi]; [lo] when they touch at one L0; [] if disjoint."""
+    if not a or not b:
+        return []
+    lo, hi = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
+    if lo > hi:
+        return []
+    if lo == hi:
+        return [lo]
+    return [lo, math.sqrt(lo * hi), hi]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A metric of two SAE families compared at one point: at matched L0 (`level` None,
+    `l0_ref == l0_alt`) or at a matched sparsity level (`level` set, L0s as measured).
+    `noise` is the largest seed spread among the points used, None when none had 2+ seeds."""
+
+    l0_ref: float
+    l0_alt: float
+    ref: float
+    alt: float
+    noise: float | None
+    level: float | int | None = None
+
+    @property
+    def delta(self) -> float:
+        return self.alt - self.ref
+
+    @property
+    def verdict(self) -> str:
+        """|Δ| ≤ noise: within seed noise; larger: beyond it; unknown with one seed."""
+        if self.noise is None:
+            return "seed noise unknown"
+        if abs(self.delta) <= self.noise:
+            return "within seed noise"
+        return "larger than seed noise"
+
+
+def _noise(summaries: Iterable[Mapping], metric: str) -> float | None:
+    spreads = [
+        s[f"{metric}_spread"]
+        for s in summaries
+        if s["n_seeds"] >= 2 and _finite(s[f"{metric}_spread"])
+    ]
+    return max(spreads) if spreads else None
+
+
+def compare(
+    ref: Sequence[Mapping],
+    alt: Sequence[Mapping],
+    metric: str = "loss_recovered",
+    higher_is_better: bool = True,
+) -> list[Comparison]:
+    """Compare two families of best-lr summary rows (one row per sparsity level) on `metric`.
+
+    At matched L0 when their frontiers overlap: each frontier interpolated (`interpolate_at`)
+    at the L0s of `matched_l0_grid`. Otherwise at each sparsity level both have, row against
+    row. The noise of a comparison is the largest seed spread of `metric` at the rows used.
+    """
+    fronts = [
+        frontier([(s["l0"], s[metric], s) for s in family], higher_is_better)
+        for family in (ref, alt)
+    ]
+    grid = matched_l0_grid(*fronts)
+    if grid:
+        out = []
+        for l0 in grid:
+            used = [p[2] for front in fronts for p in bracket(front, l0)]
+            ref_y, alt_y = (interpolate_at(front, l0) for front in fronts)
+            out.append(Comparison(l0, l0, ref_y, alt_y, _noise(used, metric)))
+        return out
+    by_level = {sparsity_level(s): s for s in alt}
+    out = []
+    for r in sorted(ref, key=sparsity_level):
+        a = by_level.get(sparsity_level(r))
+        if a is not None and _finite(r[metric]) and _finite(a[metric]):
+            out.append(
+                Comparison(
+                    r["l0"],
+                    a["l0"],
+                    r[metric],
+                    a[metric],
+                    _noise([r, a], metric),
+                    sparsity_level(r),
+                )
+            )
+    return out

@@ -1,0 +1,376 @@
+"""`gated-sae sweep`: a grid of SAEs trained on one cache, each batch read once per pass,
+every finished SAE evaluated on held-out text and appended to `results.csv`.
+
+A grid entry names an architecture and lists of values to cross: `d_sae`, `lr`,
+`sparsity_coef`, `k`, `seeds`, with fixed `options` and the `role` tags that say which
+question the entry serves. The same SAE requested by two entries is trained once and
+carries both roles. SAEs are trained in passes: those sharing a seed read the same batches,
+up to `max_saes_per_pass` at a time. Rerunning resumes: SAEs already in `results.csv` are
+not trained again, and an interrupted pass resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import __version__
+from ..data.cache import build_cache, cache_batches, load_cache
+from ..data.corpus import token_windows
+from ..errors import ConfigError, DataError
+from ..evaluate.lm_metrics import lm_metrics
+from ..evaluate.metrics import activation_metrics
+from ..saes import architecture_options
+from ..train.checkpoint import atomic_write_text
+from ..train.trainer import SAEConfig, TrainConfig, Trainer
+from .pareto import METRICS as SAE_METRICS
+
+PRESETS = ("questions", "paper")
+ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
+METRICS = [*SAE_METRICS, "eval_tokens"]
+COLUMNS = [
+    "name",
+    "arch",
+    "variant",
+    "options",
+    "d_sae",
+    "lr",
+    "sparsity_coef",
+    "k",
+    "seed",
+    "tokens",
+    "batch_size",
+    "role",
+    *METRICS,
+]
+GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}
+
+
+@dataclass
+class SweepConfig:
+    """A sweep: where activations come from, what every SAE shares, and the grid."""
+
+    grid: list[dict]
+    model: str = "smollm2-135m"
+    site: str = "blocks.15.hook_resid_post"
+    dataset: str = "builtin:python-docs"
+    cache: str | None = None  # an existing cache folder; default: built in DIR/cache
+    cache_tokens: int = 200_000
+    context_size: int = 128
+    tokens: int = 500_000  # training tokens per SAE
+    batch_size: int = 1024
+    seeds: list[int] = field(default_factory=lambda: [0])
+    main_width: int | None = None  # the width of the frontiers and ablations
+    max_saes_per_pass: int = 16
+    eval_windows: int = 32  # held-out windows for loss recovered
+    device: str = "cpu"
+    train: dict = field(default_factory=dict)  # further TrainConfig settings
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> SweepConfig:
+        known = {f.name for f in fields(cls)}
+        if not isinstance(raw, dict):
+            raise ConfigError("a sweep config must be a mapping with at least 'grid'")
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown sweep setting {unknown[0]!r}; accepted: {', '.join(sorted(known))}"
+            )
+        if not isinstance(raw.get("grid"), list) or not raw["grid"]:
+            raise ConfigError("a sweep config needs a non-empty list 'grid' of entries with 'arch'")
+        return cls(**raw)
+
+
+def load_sweep_config(path: str | None = None, preset: str | None = None) -> SweepConfig:
+    """A sweep config from a YAML file, or one of the presets shipped with the package."""
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        text = (
+            resources.files("gated_sae.experiments").joinpath(f"presets/{preset}.yaml").read_text()
+        )
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise DataError(f"cannot read sweep config {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"sweep config {path} is not valid YAML: {str(e).splitlines()[0]}"
+        ) from None
+    return SweepConfig.from_dict(raw)
+
+
+@dataclass
+class SweepPoint:
+    """One SAE of the grid, with the seed of its pass and the roles it serves."""
+
+    sae: SAEConfig
+    seed: int
+    roles: set[str]
+
+    @property
+    def variant(self) -> str:
+        return variant_label(self.sae.arch, self.sae.options)
+
+
+def variant_label(arch: str, options: dict) -> str:
+    """A short name for an architecture with its non-default options, e.g. 'gated no b_mag'."""
+    parts = [arch]
+    if options.get("b_mag") is False:
+        parts.append("no b_mag")
+    if options.get("r_mag") is False:
+        parts.append("no r_mag")
+    if options.get("tied") is False:
+        parts.append("untied")
+    if options.get("ri_l1"):
+        parts.append("RI-L1")
+    if options.get("decoder_norm_l1"):
+        parts.append("decoder-norm L1")
+    return " ".join(parts)
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def expand_grid(config: SweepConfig) -> list[SweepPoint]:
+    """Every SAE of the grid, deduplicated by name, in a fixed order."""
+    points: dict[str, SweepPoint] = {}
+    for entry in config.grid:
+        if not isinstance(entry, dict) or "arch" not in entry:
+            raise ConfigError(f"grid entry {entry!r} needs at least 'arch'")
+        unknown = sorted(set(entry) - GRID_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown grid key {unknown[0]!r}; accepted: {', '.join(sorted(GRID_KEYS))}"
+            )
+        arch = entry["arch"]
+        architecture_options(arch)
+        roles = set(_as_list(entry.get("role", [])))
+        if roles - set(ROLES):
+            raise ConfigError(
+                f"unknown role {sorted(roles - set(ROLES))[0]!r}; accepted: {', '.join(ROLES)}"
+            )
+        axes = [
+            _as_list(entry.get(key, default))
+            for key, default in (
+                ("d_sae", None),
+                ("lr", None),
+                ("sparsity_coef", None),
+                ("k", None),
+                ("seeds", config.seeds),
+            )
+        ]
+        for d_sae, lr, coef, k, seed in itertools.product(*axes):
+            if d_sae is None:
+                raise ConfigError(f"grid entry for {arch} needs d_sae")
+            options = dict(entry.get("options", {}))
+            if k is not None:
+                options["k"] = k
+            sae = SAEConfig(arch, d_sae, lr=lr, sparsity_coef=coef, options=options)
+            sae.name = point_name(sae, seed)
+            if sae.name in points:
+                points[sae.name].roles |= roles
+            else:
+                points[sae.name] = SweepPoint(sae, seed, set(roles))
+    return list(points.values())
+
+
+def point_name(sae: SAEConfig, seed: int) -> str:
+    level = f"k{sae.options['k']}" if "k" in sae.options else f"c{sae.sparsity_coef:g}"
+    variant = variant_label(sae.arch, sae.options).replace(" ", "-").replace("_", "")
+    return f"{variant}_d{sae.d_sae}_lr{sae.lr:g}_{level}_s{seed}"
+
+
+def plan_passes(points: list[SweepPoint], max_per_pass: int) -> list[tuple[str, list[SweepPoint]]]:
+    """Group SAEs sharing a seed into passes of at most `max_per_pass`, deterministically."""
+    passes = []
+    for seed in sorted({p.seed for p in points}):
+        group = [p for p in points if p.seed == seed]
+        for i in range(0, len(group), max_per_pass):
+            passes.append((f"seed{seed}-pass{i // max_per_pass:03d}", group[i : i + max_per_pass]))
+    return passes
+
+
+class Sweep:
+    """Runs a SweepConfig into a folder: cache, passes, evaluation, results.csv."""
+
+    def __init__(self, config: SweepConfig, out: str | Path):
+        self.config, self.out = config, Path(out)
+        self.points = expand_grid(config)
+        if not isinstance(config.max_saes_per_pass, int) or config.max_saes_per_pass <= 0:
+            raise ConfigError(
+                f"max_saes_per_pass must be a positive integer, got {config.max_saes_per_pass!r}"
+            )
+        self.results_path = self.out / "results.csv"
+        self._lm = None
+        self._heldout = None
+
+    def run(self) -> Path:
+        cfg = self.config
+        done = self._read_results()
+        cache = self._cache()  # first: a bad model, site or corpus leaves no folder behind
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = self._record(cache.d_in)
+        atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
+        passes = plan_passes(self.points, cfg.max_saes_per_pass)
+        for index, (pass_id, points) in enumerate(passes, 1):
+            todo = [p for p in points if p.sae.name not in done]
+            if not todo:
+                continue
+            print(f"sweep pass {index}/{len(passes)}: {len(points)} SAEs ({pass_id})")
+            train = TrainConfig(
+                saes=[p.sae for p in points],
+                batch_size=cfg.batch_size,
+                tokens=cfg.tokens,
+                seed=points[0].seed,
+                device=cfg.device,
+                **cfg.train,
+            )
+            metadata = {
+                "model_name": cache.manifest["model"],
+                "hook_name": cache.manifest["site"],
+                "context_size": cache.context_size,
+                "dataset_path": cache.manifest["dataset"],
+                "prepend_bos": True,
+            }
+            trainer = Trainer(train, self.out / "passes" / pass_id, metadata)
+            saes = trainer.fit(cache_batches(cache, cfg.batch_size, points[0].seed))
+            for point, row in zip(
+                todo,
+                self._evaluate({p.sae.name: saes[p.sae.name] for p in todo}, todo),
+                strict=True,
+            ):
+                done[point.sae.name] = row
+            self._write_results(done)
+        return self.results_path
+
+    # --- data ---------------------------------------------------------------------------
+
+    def _cache(self):
+        cfg = self.config
+        if cfg.cache is not None:
+            return load_cache(cfg.cache)
+        lm = self._model()
+        return load_cache(
+            build_cache(
+                lm,
+                cfg.site,
+                cfg.dataset,
+                n_tokens=cfg.cache_tokens,
+                out=self.out / "cache",
+                context_size=cfg.context_size,
+            )
+        )
+
+    def _model(self):
+        if self._lm is None:
+            from ..data.lm import load_model
+
+            self._lm = load_model(self.config.model, device=self.config.device)
+        return self._lm
+
+    def _heldout_data(self, site: str):
+        """Held-out windows and their activations at the site (BOS dropped), computed once."""
+        if self._heldout is None:
+            lm = self._model()
+            windows = token_windows(
+                lm.tokenizer,
+                self.config.dataset,
+                context_size=self.config.context_size,
+                n_windows=self.config.eval_windows,
+                split="heldout",
+                bos_token_id=lm.bos_token_id,
+            )
+            acts = lm.activations(windows, site)[:, 1:].reshape(-1, lm.d_model).float()
+            self._heldout = (windows, acts)
+        return self._heldout
+
+    # --- evaluation and results ---------------------------------------------------------
+
+    def _evaluate(self, saes: dict, points: list[SweepPoint]) -> list[dict]:
+        site = (
+            self.config.site
+            if self.config.cache is None
+            else load_cache(self.config.cache).manifest["site"]
+        )
+        windows, acts = self._heldout_data(site)
+        lm_results = lm_metrics(self._model(), saes, site, windows)
+        rows = []
+        for point in points:
+            metrics = activation_metrics(saes[point.sae.name], acts.split(4096))
+            metrics = {
+                **metrics,
+                **lm_results[point.sae.name],
+                "eval_tokens": lm_results[point.sae.name]["n_tokens"],
+            }
+            sae = point.sae
+            rows.append(
+                {
+                    "name": sae.name,
+                    "arch": sae.arch,
+                    "variant": point.variant,
+                    "options": json.dumps(
+                        {k: v for k, v in sae.options.items() if k != "k"}, sort_keys=True
+                    ),
+                    "d_sae": sae.d_sae,
+                    "lr": sae.lr,
+                    "sparsity_coef": "" if "k" in sae.options else sae.sparsity_coef,
+                    "k": sae.options.get("k", ""),
+                    "seed": point.seed,
+                    "tokens": self.config.tokens,
+                    "batch_size": self.config.batch_size,
+                    "role": ";".join(sorted(point.roles)),
+                    **{m: metrics[m] for m in METRICS},
+                }
+            )
+        return rows
+
+    def _read_results(self) -> dict[str, dict]:
+        if not self.results_path.is_file():
+            return {}
+        with self.results_path.open(newline="") as f:
+            return {row["name"]: row for row in csv.DictReader(f)}
+
+    def _write_results(self, rows: dict[str, dict]) -> None:
+        order = {p.sae.name: i for i, p in enumerate(self.points)}
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for name in sorted(rows, key=lambda n: order.get(n, math.inf)):
+            writer.writerow({k: _cell(rows[name][k]) for k in COLUMNS})
+        atomic_write_text(self.results_path, buffer.getvalue())
+
+    def _record(self, d_in: int) -> dict:
+        return {
+            "config": asdict(self.config),
+            "d_in": d_in,
+            "n_saes": len(self.points),
+            "versions": {
+                "gated_sae": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _cell(value) -> str:
+    """CSV text that reads back the same: floats with full precision."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,139 @@
+"""The sweep engine end to end on a tiny real model: grid expansion, passes, evaluation,
+results.csv, and resuming an interrupted sweep to the same table."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import _SENTENCES, save_tiny_model
+
+from gated_sae.errors import ConfigError
+from gated_sae.experiments.sweep import (
+    COLUMNS,
+    Sweep,
+    SweepConfig,
+    expand_grid,
+    load_sweep_config,
+    plan_passes,
+)
+
+
+def tiny_sweep(model_dir: Path, corpus: Path) -> dict:
+    return {
+        "model": str(model_dir),
+        "site": "blocks.1.hook_resid_post",
+        "dataset": str(corpus),
+        "cache_tokens": 3000,
+        "context_size": 16,
+        "tokens": 2560,
+        "batch_size": 128,
+        "seeds": [0],
+        "max_saes_per_pass": 2,
+        "eval_windows": 4,
+        "train": {"lr_warmup_steps": 2, "checkpoint_every": 4, "log_every": 4},
+        "grid": [
+            {"arch": "relu", "d_sae": 64, "lr": [1e-3, 1e-2], "sparsity_coef": 0.5,
+             "role": "lr_sweep"},
+            {"arch": "gated", "d_sae": 64, "lr": 1e-2, "sparsity_coef": [0.5, 1.0],
+             "role": "lr_sweep"},
+            {"arch": "gated", "d_sae": 64, "lr": 1e-2, "sparsity_coef": 0.5,
+             "options": {"b_mag": False}, "seeds": [0, 1], "role": ["ablation", "seeds"]},
+            {"arch": "relu", "d_sae": 64, "lr": 1e-2, "sparsity_coef": 0.5, "role": "seeds"},
+            {"arch": "topk", "d_sae": 64, "lr": 1e-2, "k": 4},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sweep-inputs")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(_SENTENCES * 400))
+    return save_tiny_model("llama", root / "model"), corpus
+
+
+def test_grid_expansion_merges_roles_and_names_every_sae(sweep_inputs):
+    config = SweepConfig.from_dict(tiny_sweep(*sweep_inputs))
+    points = expand_grid(config)
+    names = [p.sae.name for p in points]
+    assert len(names) == len(set(names)) == 7  # 2 relu lr + 2 gated λ + 2 no-b_mag seeds + topk
+    merged = next(p for p in points if p.sae.name == "relu_d64_lr0.01_c0.5_s0")
+    assert merged.roles == {"lr_sweep", "seeds"}  # asked for twice, trained once
+    no_b_mag = [p for p in points if p.variant == "gated no b_mag"]
+    assert sorted(p.seed for p in no_b_mag) == [0, 1]
+    assert next(p for p in points if p.sae.arch == "topk").sae.options == {"k": 4}
+    passes = plan_passes(points, 2)
+    assert all(len(group) <= 2 for _, group in passes)
+    assert all(len({p.seed for p in group}) == 1 for _, group in passes)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": [{"arch": "nope", "d_sae": 8}]}, "unknown architecture 'nope'"),
+        ({"grid": [{"arch": "relu", "d_sae": 8, "width": 3}]}, "unknown grid key 'width'"),
+        ({"grid": [{"arch": "relu", "d_sae": 8, "role": "misc"}]}, "unknown role 'misc'"),
+        ({"grid": []}, "non-empty list 'grid'"),
+        ({"epochs": 3}, "unknown sweep setting 'epochs'"),
+    ],
+)
+def test_bad_sweep_configs_name_the_problem(sweep_inputs, change, message):
+    raw = {**tiny_sweep(*sweep_inputs), **change}
+    with pytest.raises(ConfigError, match=message):
+        expand_grid(SweepConfig.from_dict(raw))
+
+
+def test_presets_expand():
+    questions = load_sweep_config(preset="questions")
+    points = expand_grid(questions)
+    widths = {p.sae.d_sae for p in points if p.sae.arch == "gated"}
+    assert len(widths) >= 3
+    roles = set().union(*(p.roles for p in points))
+    assert roles == {"lr_sweep", "ablation", "width", "equal_compute", "seeds"}
+    assert expand_grid(load_sweep_config(preset="paper"))
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        load_sweep_config(preset="fast")
+
+
+def _run_cli(config_path: Path, out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "gated_sae", "sweep", str(config_path), "--out", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            **popen)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_to_the_same_table(sweep_inputs, tmp_path, single_thread):
+    config_path = tmp_path / "sweep.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_sweep(*sweep_inputs)))
+    whole = Sweep(load_sweep_config(str(config_path)), tmp_path / "whole").run()
+    rows = whole.read_text().splitlines()
+    assert rows[0].split(",") == COLUMNS
+    assert len(rows) == 1 + 7
+
+    out = tmp_path / "interrupted"
+    child = _run_cli(config_path, out)
+    deadline = time.monotonic() + 120
+    while not (out / "results.csv").is_file():
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "no pass finished in time"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    finished_before = {
+        p.parent.name: p.stat().st_mtime_ns
+        for p in (out / "passes").glob("*/run.json")
+        if '"finished": true' in p.read_text()
+    }
+    assert finished_before, "the first pass should have finished before the kill"
+
+    rerun = _run_cli(config_path, out)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
+    assert (out / "results.csv").read_text() == whole.read_text()
+    for name, mtime in finished_before.items():  # finished passes were not trained again
+        assert (out / "passes" / name / "run.json").stat().st_mtime_ns == mtime
