@@ -214,7 +214,7 @@ def test_bad_model_file_and_options(tmp_path, tiny_model_dir, no_network):
 
 
 @pytest.mark.slow
-def test_smollm2_real_model(no_network):
+def test_smollm2_real_model(no_network, tmp_path):
     """The embedded SmolLM2-135M GGUF: residual stream matches hidden_states, and the
     perfect-reconstruction SAE recovers all the loss."""
     from gated_sae.evaluate.lm_metrics import lm_metrics
@@ -246,3 +246,13 @@ def test_smollm2_real_model(no_network):
     assert result["ce_zero"] > result["ce_clean"] + 1  # zeroing the residual stream hurts
     assert result["loss_recovered"] == pytest.approx(1.0, abs=1e-3)
     assert result["kl"] == pytest.approx(0.0, abs=1e-6)
+
+    # the activation cache stores exactly the model's hidden states at the site
+    from gated_sae.data.cache import build_cache, load_cache
+
+    cache_dir = build_cache(lm, "blocks.15.hook_resid_post", n_tokens=256, context_size=32,
+                            out=tmp_path / "cache", progress=False)
+    cache = load_cache(cache_dir)
+    cache.verify()
+    torch.testing.assert_close(cache.activations[:], hidden_states(lm, cache.tokens)[16],
+                               rtol=1e-5, atol=1e-4)
