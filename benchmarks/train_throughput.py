@@ -25,7 +25,6 @@ autocast or bfloat16 option, so the trainer trains in float32 and so does this b
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -72,14 +71,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def make_slot(arch: str, d_in: int, d_sae: int, device: str) -> TrainingSlot:
-    cfg = SAEConfig(arch, d_sae)
-    if "seed" in inspect.signature(TrainingSlot).parameters:
-        return TrainingSlot(cfg, d_in, device, seed=0)
-    torch.manual_seed(0)  # older TrainingSlot(cfg, d_in, device)
-    return TrainingSlot(cfg, d_in, device)
-
-
 def timed(fn, device: str) -> float:
     """Seconds `fn()` takes, waiting for the GPU before and after."""
     if device == "cuda":
@@ -99,7 +90,7 @@ def measure(archs: list[str], d_in: int, d_sae: int, batch: int, device: str,
     xs = [torch.randn(batch, d_in, generator=gen, device=device) for _ in range(3)]
     slots = {}
     for arch in archs:
-        slot = make_slot(arch, d_in, d_sae, device)
+        slot = TrainingSlot(SAEConfig(arch, d_sae), d_in, device, seed=0)
         slot.sae.init_from_data(xs[0])  # what Trainer.fit does before the first step
         slots[arch] = slot
 
