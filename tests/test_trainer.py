@@ -5,6 +5,7 @@ each checked against a computation written here."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from dataclasses import asdict
@@ -125,10 +126,12 @@ def trained(tmp_path_factory):
         torch.set_num_threads(threads)
     return {"out": out, "cfg": cfg, "acts": acts, "result": result,
             "slots": {s.cfg.name: s for s in slots},
-            "first": next(iter(ShuffledBatches(acts, BATCH, seed=3)))}
+            "first": torch.cat(list(itertools.islice(
+                ShuffledBatches(acts, BATCH, seed=3),
+                min(cfg.steps, math.ceil(trainer_module.SCALE_SAMPLE_TOKENS / BATCH)))))}
 
 
-def test_input_scale_is_estimated_on_the_first_batch(trained):
+def test_input_scale_is_estimated_on_the_first_batches(trained):
     run = json.loads((trained["out"] / "run.json").read_text())
     first = trained["first"].double()
     assert run["input_scale"] == pytest.approx(math.sqrt(D_IN / first.pow(2).sum(1).mean()))
@@ -294,7 +297,7 @@ def test_resample_dead(arch, options, d_in, d_sae):
 
 def test_resampling_in_a_run_is_logged(tmp_path):
     # Strong L1 from the start kills latents; resampling every 4 steps revives them.
-    fit(tmp_path / "out", [{"arch": "relu", "d_sae": D_SAE, "sparsity_coef": 50.0, "lr": 0.05,
+    fit(tmp_path / "out", [{"arch": "relu", "d_sae": D_SAE, "sparsity_coef": 50.0, "lr": 0.2,
                             "resample_every": 4}], steps=12, sparsity_warmup_fraction=0.0)
     counts = [r.get("resampled") for r in read_log(tmp_path / "out")]
     assert [c is not None for c in counts] == [(i + 1) % 4 == 0 for i in range(12)]

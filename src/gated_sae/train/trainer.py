@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import platform
@@ -24,6 +25,7 @@ from ..saes import SAE, architecture_options, create_sae
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
 
+SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
 DEFAULT_LR = 3e-4  # Rajamanoharan et al. 2024 (relu, gated)
 DEFAULT_SPARSITY_COEF = {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5}
 
@@ -296,8 +298,16 @@ class Trainer:
             generator.set_state(resume["generator"])
             self._truncate_log(start)
         else:
-            scale = estimate_input_scale(first)
-            sample = first.to(cfg.device, torch.float32) * scale
+            # One batch is too small a sample: a single outlier token (residual streams have
+            # some with 40× the median norm) shifts the scale by tens of percent, and with it
+            # the effective sparsity coefficient, differently for every seed.
+            sample = [first]
+            while len(sample) * cfg.batch_size < SCALE_SAMPLE_TOKENS and len(sample) < cfg.steps:
+                sample.append(self._next_batch(stream, start + len(sample)))
+            stream = itertools.chain(sample[1:], stream)  # the sample is trained on as well
+            sample = torch.cat(sample)
+            scale = estimate_input_scale(sample)
+            sample = sample.to(cfg.device, torch.float32) * scale
             for slot in slots:
                 slot.sae.init_from_data(sample)
             self.out.mkdir(parents=True, exist_ok=True)
