@@ -15,6 +15,12 @@ the median of the per-round ratios, so load from other processes hits both alike
 ratio in process CPU time is reported beside it as a cross-check. While build_cache runs,
 its helpers are wrapped with timers (exclusive time, nothing in src is changed), which
 splits its wall time into forwards and everything else.
+
+Every measurement also records system time and minor page faults. With glibc's default
+malloc, memory freed after a forward can go back to the kernel and be faulted in again by
+the next one, which on CPU moves forward times by 10-20% whichever variant it hits; the
+environment variables MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296
+keep it in the process (the JSON records any MALLOC_* setting).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -54,7 +61,7 @@ def parse_args() -> argparse.Namespace:
                    help="windows per forward (build_cache's default)")
     p.add_argument("--repeats", type=int, default=5, help="rounds of (a) and (b)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="cache dtypes to measure")
-    p.add_argument("--full-tokens", type=int, default=2048,
+    p.add_argument("--full-tokens", type=int, default=4096,
                    help="tokens for the full forward (c), measured once; 0 skips it")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
@@ -129,19 +136,30 @@ def full_forward(lm, windows: torch.Tensor, batch_size: int) -> None:
         lm.logits(windows[start:start + batch_size])
 
 
-def run_cache(lm, args, n_tokens: int, dtype: str, windows: torch.Tensor) -> tuple[float, dict]:
-    """Wall seconds of build_cache and exclusive seconds per helper, for a cache in a temp
-    folder; the process CPU seconds go into the helper dict as "cpu"."""
+def usage() -> dict:
+    """Counters of this process: wall and CPU seconds, system seconds, minor page faults."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": time.perf_counter(), "cpu": time.process_time(), "sys": ru.ru_stime,
+            "faults": ru.ru_minflt}
+
+
+def since(start: dict) -> dict:
+    now = usage()
+    return {k: now[k] - start[k] for k in start}
+
+
+def run_cache(lm, args, n_tokens: int, dtype: str, windows: torch.Tensor) -> tuple[dict, dict]:
+    """The usage() counters of build_cache and the exclusive seconds of its helpers, for a
+    cache written into a temporary folder."""
     timers = Timers()
     with tempfile.TemporaryDirectory(dir=args.tmp_dir, prefix="cache-bench-") as tmp:
         out = Path(tmp) / "cache"
         with instrumented(lm, timers):
-            start, cpu = time.perf_counter(), time.process_time()
+            start = usage()
             build_cache(lm, args.site, args.dataset, n_tokens=n_tokens, out=out,
                         context_size=args.context, dtype=dtype, batch_size=args.batch_size,
                         progress=False)
-            seconds = time.perf_counter() - start
-            cpu = time.process_time() - cpu
+            used = since(start)
         manifest = json.loads((out / "manifest.json").read_text())
     # The cache must hold exactly the windows the bare forward ran on.
     expected = hashlib.sha256(windows.to(torch.int32).numpy().tobytes()).hexdigest()
@@ -149,8 +167,8 @@ def run_cache(lm, args, n_tokens: int, dtype: str, windows: torch.Tensor) -> tup
         raise SystemExit("build_cache cached other windows than the bare forward ran on")
     breakdown = dict(timers.seconds)
     breakdown["other (memmap copy, flush, token file, bookkeeping)"] = \
-        seconds - sum(timers.seconds.values())
-    return seconds, {"cpu": cpu, **breakdown}
+        used["wall"] - sum(timers.seconds.values())
+    return used, breakdown
 
 
 def machine_info() -> dict:
@@ -169,6 +187,9 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
+        # glibc malloc settings change CPU timings by 10-20% (page faults on fresh memory)
+        "malloc_env": {k: v for k, v in os.environ.items()
+                       if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
     }
 
 
@@ -194,26 +215,26 @@ def main() -> None:
         run_cache(lm, args, args.context, dtype, windows[:1])
 
     variants = ["bare", *(f"cache {d}" for d in args.dtypes)]
-    seconds: dict[str, list[float]] = {v: [] for v in variants}
-    cpu_seconds: dict[str, list[float]] = {v: [] for v in variants}
+    used: dict[str, list[dict]] = {v: [] for v in variants}
     breakdowns: dict[str, list[dict]] = {d: [] for d in args.dtypes}
     for r in range(args.repeats):
         shift = r % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             if variant == "bare":
-                t0, cpu = time.perf_counter(), time.process_time()
+                start = usage()
                 bare_forward(lm, windows, args.site, args.batch_size)
-                seconds[variant].append(time.perf_counter() - t0)
-                cpu_seconds[variant].append(time.process_time() - cpu)
+                used[variant].append(since(start))
             else:
                 dtype = variant.removeprefix("cache ")
-                s, breakdown = run_cache(lm, args, n_tokens, dtype, windows)
-                seconds[variant].append(s)
-                cpu_seconds[variant].append(breakdown.pop("cpu"))
+                counters, breakdown = run_cache(lm, args, n_tokens, dtype, windows)
+                used[variant].append(counters)
                 breakdowns[dtype].append(breakdown)
-            print(f"round {r + 1}/{args.repeats} {variant:<14} {seconds[variant][-1]:7.2f} s "
-                  f"(cpu {cpu_seconds[variant][-1]:6.2f} s, load {os.getloadavg()[0]:.2f})",
-                  flush=True)
+            u = used[variant][-1]
+            print(f"round {r + 1}/{args.repeats} {variant:<14} {u['wall']:6.2f} s (cpu "
+                  f"{u['cpu']:5.2f} s, sys {u['sys']:4.2f} s, {u['faults']:7d} page faults, "
+                  f"load {os.getloadavg()[0]:.2f})", flush=True)
+    seconds = {v: [u["wall"] for u in used[v]] for v in variants}
+    cpu_seconds = {v: [u["cpu"] for u in used[v]] for v in variants}
 
     full = None
     if args.full_tokens:
@@ -229,7 +250,9 @@ def main() -> None:
     for variant in variants:
         median = statistics.median(seconds[variant])
         row = {"tokens": n_tokens, "seconds_median": median, "seconds_all": seconds[variant],
-               "tokens_per_s": n_tokens / median, "cpu_seconds_all": cpu_seconds[variant]}
+               "tokens_per_s": n_tokens / median, "cpu_seconds_all": cpu_seconds[variant],
+               "sys_seconds_all": [u["sys"] for u in used[variant]],
+               "minor_page_faults_all": [u["faults"] for u in used[variant]]}
         if variant != "bare":
             dtype = variant.removeprefix("cache ")
             ratios = [b / c for b, c in zip(seconds["bare"], seconds[variant], strict=True)]

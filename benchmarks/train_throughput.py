@@ -199,6 +199,9 @@ def machine_info(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
+        # glibc malloc settings change CPU timings by 10-20% (page faults on fresh memory)
+        "malloc_env": {k: v for k, v in os.environ.items()
+                       if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "git": git_revision(),
     }
