@@ -17,10 +17,10 @@ its helpers are wrapped with timers (exclusive time, nothing in src is changed),
 splits its wall time into forwards and everything else.
 
 Every measurement also records system time and minor page faults. With glibc's default
-malloc, memory freed after a forward can go back to the kernel and be faulted in again by
-the next one, which on CPU moves forward times by 10-20% whichever variant it hits; the
-environment variables MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296
-keep it in the process (the JSON records any MALLOC_* setting).
+malloc, memory freed after a forward goes back to the kernel and is faulted in again by the
+next one, which on CPU moved forward times by 10-20% whichever variant it hit; `load_model`
+now keeps that memory in the process (`keep_freed_memory`), so both variants run with it.
+The JSON records any MALLOC_* environment setting as well.
 """
 
 from __future__ import annotations
@@ -112,10 +112,9 @@ def instrumented(lm, timers: Timers):
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, label in patches:
         setattr(obj, name, timers.wrap(label, getattr(obj, name)))
-    # The first activations call of build_cache is its one-window probe; the rest are batches.
+    # The first activations call of build_cache is its few-token probe; the rest are batches.
     def forward_label():
-        return "forwards" if timers.calls.get("probe forward (1 window)") else \
-            "probe forward (1 window)"
+        return "forwards" if timers.calls.get("probe forward") else "probe forward"
 
     lm.activations = timers.wrap(forward_label, lm.activations)
     try:
@@ -263,7 +262,7 @@ def main() -> None:
                 b / c for b, c in zip(cpu_seconds["bare"], cpu_seconds[variant], strict=True))
             # Tokenizing a first batch of documents and the probe forward cost about the same
             # for any cache size: without them, the ratio a large cache would approach.
-            fixed = [p.get("tokenize (token_windows)", 0.0) + p.get("probe forward (1 window)", 0.0)
+            fixed = [p.get("tokenize (token_windows)", 0.0) + p.get("probe forward", 0.0)
                      for p in breakdowns[dtype]]
             row["ratio_to_bare_without_tokenize_and_probe"] = statistics.median(
                 b / (c - f) for b, c, f in zip(seconds["bare"], seconds[variant], fixed,

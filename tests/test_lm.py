@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 import time
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from conftest import TINY_D_MODEL, TINY_LAYERS, TINY_N_CTX
 
 from gated_sae import ConfigError, DataError, create_sae
-from gated_sae.data.lm import load_model
+from gated_sae.data.lm import keep_freed_memory, load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -45,6 +47,13 @@ def test_load_tiny_model(tiny_model_dir, no_network):
     assert not any(p.requires_grad for p in lm.model.parameters())
     assert len(lm.valid_sites()) == 4 * TINY_LAYERS
     assert lm.valid_sites()[:2] == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="mallopt is glibc's")
+def test_keep_freed_memory_sets_glibc_allocator():
+    """On glibc the two mallopt calls succeed (a value glibc rejects would return False)."""
+    assert keep_freed_memory() and keep_freed_memory()
 
 
 def test_load_in_bfloat16(tiny_model_dir, tiny_windows):

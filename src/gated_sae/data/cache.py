@@ -118,6 +118,7 @@ class ShuffledBatches:
 # so a killed run leaves complete shards that a rerun with the same arguments keeps.
 
 MANIFEST = "manifest.json"
+PROBE_POSITIONS = 8  # tokens of the probe forward that checks the site before any write
 CACHE_FORMAT = "gated-sae-activation-cache"
 CACHE_FORMAT_VERSION = 1
 CACHE_DTYPES: dict[str, tuple[type, torch.dtype]] = {
@@ -265,10 +266,12 @@ def build_cache(
         lm.tokenizer, dataset, context_size=context_size, n_windows=n_seq,
         text_field=text_field, split="train", bos_token_id=lm.bos_token_id,
     ).to(torch.int32)
-    probe = lm.activations(windows[:1].long(), site)  # fails on a bad site before any write
-    if probe.ndim != 3 or probe.shape[:2] != (1, context_size):
+    # A few positions suffice to fail on a bad site and learn d_in before anything is written.
+    probe_positions = min(PROBE_POSITIONS, context_size)
+    probe = lm.activations(windows[:1, :probe_positions].long(), site)
+    if probe.ndim != 3 or probe.shape[:2] != (1, probe_positions):
         raise ConfigError(f"site {site!r} gives activations of shape {list(probe.shape)}; "
-                          f"expected [batch, {context_size}, d]")
+                          "expected [batch, positions, d]")
     config = {
         "model": _model_label(lm),
         "model_dtype": str(lm.dtype).removeprefix("torch."),
