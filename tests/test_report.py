@@ -29,6 +29,7 @@ from gated_sae.experiments.pareto import (
     frontier,
     interpolate_at,
     matched_l0_grid,
+    seed_noise,
     summarize,
 )
 from gated_sae.experiments.report import read_results, write_report
@@ -142,24 +143,17 @@ def test_matched_l0_grid_is_ends_and_geometric_middle_of_the_overlap():
     assert matched_l0_grid([(10, 0), (20, 0)], [(30, 0), (40, 0)]) == []
 
 
-def _summaries(variant, l0s, values, spread, n_seeds=2, coefs=(1.0, 2.0, 4.0)):
-    out = []
-    for l0, value, coef in zip(l0s, values, coefs, strict=True):
-        s = {
-            **row(variant, coef=coef),
-            "l0": l0,
-            "loss_recovered": value,
-            "n_seeds": n_seeds,
-            "loss_recovered_spread": spread,
-        }
-        out.append(s)
-    return out
+def _summaries(variant, l0s, values, coefs=(1.0, 2.0, 4.0)):
+    return [
+        {**row(variant, coef=coef), "l0": l0, "loss_recovered": value}
+        for l0, value, coef in zip(l0s, values, coefs, strict=True)
+    ]
 
 
 def test_compare_at_matched_l0_with_seed_noise():
-    ref = _summaries("gated", [10, 100, 1000], [0.8, 0.9, 0.95], 0.004)
-    alt = _summaries("gated no b_mag", [20, 200, 2000], [0.84, 0.93, 0.97], 0.02)
-    out = compare(ref, alt)
+    ref = _summaries("gated", [10, 100, 1000], [0.8, 0.9, 0.95])
+    alt = _summaries("gated no b_mag", [20, 200, 2000], [0.84, 0.93, 0.97])
+    out = compare(ref, alt, noise=0.02)
     assert [c.l0_ref for c in out] == pytest.approx([20, math.sqrt(20 * 1000), 1000])
     first = out[0]  # alt's own point; ref interpolated between L0 10 and 100
     assert first.alt == 0.84 and first.ref == pytest.approx(0.8 + 0.1 * math.log10(2))
@@ -168,13 +162,43 @@ def test_compare_at_matched_l0_with_seed_noise():
 
 
 def test_compare_falls_back_to_matched_coefficient_and_knows_unknown_noise():
-    ref = _summaries("relu", [10, 20, 40], [0.7, 0.8, 0.9], 0.0, n_seeds=1)
-    alt = _summaries("gated", [100, 200, 400], [0.6, 0.85, 0.95], 0.0, n_seeds=1)
+    ref = _summaries("relu", [10, 20, 40], [0.7, 0.8, 0.9])
+    alt = _summaries("gated", [100, 200, 400], [0.6, 0.85, 0.95])
     out = compare(ref, alt)
     assert [c.level for c in out] == [1.0, 2.0, 4.0]
     assert out[1].delta == pytest.approx(0.05)
     assert out[1].noise is None and out[1].verdict == "seed noise unknown"
     assert Comparison(10, 10, 0.5, 0.52, 0.01).verdict == "larger than seed noise"
+
+
+def _seed_rows(seed, lr, points):
+    return [{**row("relu", lr=lr, coef=c, seed=seed), "l0": l0, "loss_recovered": v}
+            for c, (l0, v) in zip((1.0, 2.0, 4.0), points, strict=False)]
+
+
+def test_seed_noise_is_measured_at_matched_l0_not_matched_coefficient():
+    """Seed 1 fires twice as often at every λ but sits on the same L0–fidelity curve
+    (0.5 + 0.1·ln L0), 0.003 lower: its noise is 0.003, not the 0.1·ln 2 ≈ 0.069 that
+    comparing the seeds at equal λ would give."""
+    def curve(l0, shift=0.0):
+        return (l0, 0.5 + 0.1 * math.log(l0) + shift)
+    rows = (_seed_rows(0, 1e-3, [curve(10), curve(20), curve(40)])
+            + _seed_rows(1, 1e-3, [curve(20, -0.003), curve(40, -0.003), curve(80, -0.003)]))
+    assert seed_noise(rows) == pytest.approx(0.003)
+    # Hand-worked with a bend: seed 0 at (10, 0.6), (40, 0.8); seed 1 at (20, 0.65), (40, 0.79).
+    # At L0 20 seed 0 interpolates to 0.6 + 0.2·ln2/ln4 = 0.7: spread 0.05; at L0 40: 0.01.
+    rows = (_seed_rows(0, 1e-3, [(10, 0.6), (40, 0.8)])
+            + _seed_rows(1, 1e-3, [(20, 0.65), (40, 0.79)]))
+    assert seed_noise(rows) == pytest.approx(0.05)
+
+
+def test_seed_noise_unknown_without_two_seeds_at_one_lr():
+    one_seed_each = (_seed_rows(0, 1e-3, [(10, 0.6), (40, 0.8)])
+                     + _seed_rows(1, 3e-3, [(10, 0.5), (40, 0.7)]))
+    assert seed_noise(one_seed_each) is None
+    disjoint = (_seed_rows(0, 1e-3, [(10, 0.6), (20, 0.8)])
+                + _seed_rows(1, 1e-3, [(40, 0.5), (80, 0.7)]))
+    assert seed_noise(disjoint) is None
 
 
 # --- a synthetic sweep with known answers ---------------------------------------------------
@@ -407,7 +431,7 @@ def test_q1_b_mag_difference_is_within_seed_noise(report):
     assert "both at lr 3e-4" in q1
     assert "fixing b_mag at zero lowers loss recovered" in q1
     assert (
-        "(Δ −0.002); the seed spread at this point is 0.004, so the difference is within "
+        "(Δ −0.002); the seed spread at matched L0 is 0.004, so the difference is within "
         "seed noise."
     ) in q1
     assert (
@@ -467,7 +491,8 @@ def test_q3_states_widths_and_margins_at_equal_width_and_compute(report):
 
 def test_report_states_the_noise_rule_and_how_it_was_run(report):
     folder, md, _ = report
-    assert "|Δ| ≤ the largest seed spread" in md
+    assert "|Δ| ≤ the larger seed noise of the two families" in md
+    assert "at matched λ the seeds' L0s differ" in md
     run = _section(md, "How this was run")
     assert "model: `smollm2-135m`, site: `blocks.15.hook_resid_post`" in run
     assert "training tokens per SAE: 250,000" in run
@@ -549,8 +574,8 @@ def test_one_seed_and_no_loss_recovered_fall_back_honestly(tmp_path):
     md = write_report(write_sweep(tmp_path / "one", rows, RECORD))[0].read_text()
     assert "Fidelity is measured as FVU." in md
     q1 = _section(md, "Q1.")
-    assert "with one seed per point the seed noise is unknown." in q1
-    assert "with one seed the seed noise is unknown" in q1
+    assert "with one seed per family the seed noise is unknown." in q1
+    assert "with one seed per family the seed noise is unknown" in q1
     assert "fixing b_mag at zero raises FVU" in q1  # FVU = 1.2 − fidelity: worse is higher
 
 

@@ -168,7 +168,7 @@ def matched_l0_grid(a: Sequence[Sequence], b: Sequence[Sequence]) -> list[float]
 class Comparison:
     """A metric of two SAE families compared at one point: at matched L0 (`level` None,
     `l0_ref == l0_alt`) or at a matched sparsity level (`level` set, L0s as measured).
-    `noise` is the largest seed spread among the points used, None when none had 2+ seeds."""
+    `noise` is the seed noise of the two families (`seed_noise`), None when unknown."""
 
     l0_ref: float
     l0_alt: float
@@ -183,7 +183,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """|Δ| ≤ noise: within seed noise; larger: beyond it; unknown with one seed."""
+        """|Δ| ≤ noise: within seed noise; larger: beyond it; unknown without two seeds."""
         if self.noise is None:
             return "seed noise unknown"
         if abs(self.delta) <= self.noise:
@@ -191,12 +191,33 @@ class Comparison:
         return "larger than seed noise"
 
 
-def _noise(summaries: Iterable[Mapping], metric: str) -> float | None:
-    spreads = [
-        s[f"{metric}_spread"]
-        for s in summaries
-        if s["n_seeds"] >= 2 and _finite(s[f"{metric}_spread"])
-    ]
+def seed_noise(
+    rows: Iterable[Mapping], metric: str = "loss_recovered", higher_is_better: bool = True
+) -> float | None:
+    """Seed spread of `metric` at matched L0 for one SAE family (one variant at one width).
+
+    For each learning rate run with two or more seeds, each seed's rows give its own frontier
+    of (L0, metric). At every L0 that all these frontiers cover (both ends of the common range
+    and each frontier point inside it) the spread is max_s − min_s of the seeds' interpolated
+    values. Returns the largest spread over those L0s and learning rates; None when no
+    learning rate has two seeds whose frontiers overlap. Spread at matched L0, not at
+    matched λ: the same λ gives each seed a different L0, and that difference is not noise.
+    """
+    points: dict[float, dict[int, list[tuple]]] = {}
+    for r in rows:
+        if r.get("seed") is not None:
+            per_seed = points.setdefault(r["lr"], {})
+            per_seed.setdefault(r["seed"], []).append((r["l0"], r.get(metric)))
+    spreads = []
+    for per_seed in points.values():
+        fronts = [f for f in (frontier(p, higher_is_better) for p in per_seed.values()) if f]
+        if len(fronts) < 2:
+            continue
+        lo, hi = max(f[0][0] for f in fronts), min(f[-1][0] for f in fronts)
+        inside = {p[0] for f in fronts for p in f if lo <= p[0] <= hi}
+        for l0 in {lo, hi, *inside} if lo <= hi else ():
+            values = [interpolate_at(f, l0) for f in fronts]
+            spreads.append(max(values) - min(values))
     return max(spreads) if spreads else None
 
 
@@ -205,12 +226,13 @@ def compare(
     alt: Sequence[Mapping],
     metric: str = "loss_recovered",
     higher_is_better: bool = True,
+    noise: float | None = None,
 ) -> list[Comparison]:
     """Compare two families of best-lr summary rows (one row per sparsity level) on `metric`.
 
     At matched L0 when their frontiers overlap: each frontier interpolated (`interpolate_at`)
     at the L0s of `matched_l0_grid`. Otherwise at each sparsity level both have, row against
-    row. The noise of a comparison is the largest seed spread of `metric` at the rows used.
+    row. Every comparison carries `noise`, the seed noise of the two families.
     """
     fronts = [
         frontier([(s["l0"], s[metric], s) for s in family], higher_is_better)
@@ -218,25 +240,14 @@ def compare(
     ]
     grid = matched_l0_grid(*fronts)
     if grid:
-        out = []
-        for l0 in grid:
-            used = [p[2] for front in fronts for p in bracket(front, l0)]
-            ref_y, alt_y = (interpolate_at(front, l0) for front in fronts)
-            out.append(Comparison(l0, l0, ref_y, alt_y, _noise(used, metric)))
-        return out
+        return [
+            Comparison(l0, l0, interpolate_at(fronts[0], l0), interpolate_at(fronts[1], l0), noise)
+            for l0 in grid
+        ]
     by_level = {sparsity_level(s): s for s in alt}
     out = []
     for r in sorted(ref, key=sparsity_level):
         a = by_level.get(sparsity_level(r))
         if a is not None and _finite(r[metric]) and _finite(a[metric]):
-            out.append(
-                Comparison(
-                    r["l0"],
-                    a["l0"],
-                    r[metric],
-                    a[metric],
-                    _noise([r, a], metric),
-                    sparsity_level(r),
-                )
-            )
+            out.append(Comparison(r["l0"], a["l0"], r[metric], a[metric], noise, sparsity_level(r)))
     return out

@@ -36,6 +36,7 @@ from .pareto import (
     compare,
     frontier,
     interpolate_at,
+    seed_noise,
     sparsity_level,
     summarize,
 )
@@ -69,9 +70,13 @@ COMPARISON_RULE = (
     "sparsity level gives an L0–fidelity Pareto frontier, interpolated linearly in log L0, "
     "and the frontiers are read at the two ends and the geometric middle of the L0 range "
     "both cover. Where two frontiers share no L0 range they are compared at matched "
-    "sparsity coefficient instead, and the text says so. A difference Δ is called **within "
-    "seed noise** when |Δ| ≤ the largest seed spread (max − min over seeds) of the points "
-    "compared; with one seed per point the noise is unknown and the text says so."
+    "sparsity coefficient instead, and the text says so. Seed noise is measured at matched "
+    "L0 too: for each family, every seed run at a shared learning rate gets its own "
+    "frontier, and the noise is the largest spread (max − min over seeds) of those "
+    "frontiers at the L0s they all cover (at matched λ the seeds' L0s differ, which is not "
+    "noise). A difference Δ is called **within seed noise** when |Δ| ≤ the larger seed "
+    "noise of the two families; where neither family has two seeds the noise is unknown "
+    "and the text says so."
 )
 
 Block = tuple  # ("h1"|"h2"|"h3"|"p"|"pre", text) | ("ul", items) | ("table", head, rows)
@@ -236,7 +241,17 @@ class _Results:
         return sorted(found, key=sparsity_level)
 
     def compare(self, ref: list[dict], alt: list[dict]) -> list[Comparison]:
-        return compare(ref, alt, self.metric, higher_is_better=self.metric != "fvu")
+        """`ref` against `alt` at matched L0, with the larger of the two families' seed noise."""
+        noises = [n for n in map(self.seed_noise, (ref, alt)) if n is not None]
+        return compare(ref, alt, self.metric, self.metric != "fvu", max(noises, default=None))
+
+    def seed_noise(self, family: list[dict]) -> float | None:
+        """`seed_noise` of the sweep's rows of the family's variant at the family's width."""
+        if not family:
+            return None
+        variant, width = family[0]["variant"], family[0]["d_sae"]
+        rows = [r for r in self.rows if r["variant"] == variant and r["d_sae"] == width]
+        return seed_noise(rows, self.metric, self.metric != "fvu")
 
     def front(self, family: list[dict], metric: str | None = None) -> list[tuple]:
         """The L0 frontier of `family` on `metric` (default: the report's fidelity)."""
@@ -256,8 +271,8 @@ def _where(c: Comparison) -> str:
 
 def _noise_clause(c: Comparison) -> str:
     if c.noise is None:
-        return "with one seed per point the seed noise is unknown."
-    return f"the seed spread at this point is {c.noise:.3f}, so the difference is {c.verdict}."
+        return "with one seed per family the seed noise is unknown."
+    return f"the seed spread at matched L0 is {c.noise:.3f}, so the difference is {c.verdict}."
 
 
 def _change_sentence(c: Comparison, change: str, metric_name: str) -> str:
@@ -287,7 +302,7 @@ def _tally(comparisons: list[Comparison]) -> str:
     """'larger than seed noise at 2 of 3 points', or why the noise is unknown."""
     known = [c for c in comparisons if c.noise is not None]
     if not known:
-        return "seed noise unknown, one seed per point"
+        return "seed noise unknown, one seed per family"
     beyond = sum(c.verdict == "larger than seed noise" for c in known)
     if not beyond:
         return f"within seed noise at all {len(known)} points"
@@ -682,8 +697,8 @@ def _q1_summary(comparisons: list[Comparison], metric_name: str, sign: int) -> s
     if all(c.noise is None for c in comparisons):
         return (
             f"**In short:** fixing b_mag at zero changes {metric_name} by {deltas} at the "
-            "compared points; with one seed the seed noise is unknown, so this sweep cannot "
-            "tell whether b_mag matters."
+            "compared points; with one seed per family the seed noise is unknown, so this sweep "
+            "cannot tell whether b_mag matters."
         )
     beyond = [c for c in comparisons if c.verdict == "larger than seed noise"]
     if not beyond:
