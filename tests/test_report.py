@@ -32,7 +32,7 @@ from gated_sae.experiments.pareto import (
     seed_noise,
     summarize,
 )
-from gated_sae.experiments.report import read_results, write_report
+from gated_sae.experiments.report import _q1_summary, read_results, write_report
 
 # --- pareto.py on hand-worked cases ---------------------------------------------------------
 
@@ -470,7 +470,9 @@ def test_q2_states_best_lrs_margin_and_shrinkage(report):
     assert "both at lr 1e-3, gated − relu = +0.050 at L0 ≈ 31" in q2
     assert "Gated γ: 0.995 at λ = 1, 0.990 at λ = 3, 0.985 at λ = 10: within 0.05 of 1." in q2
     assert "0.840 at λ = 10: below 1 at every level; falling as λ grows." in q2
-    assert "shrinkage finding (gated γ ≈ 1; relu γ < 1 and falling as λ grows) reproduces" in q2
+    assert "shrinkage finding (gated γ ≈ 1, relu γ < 1) reproduces here" in q2
+    # means of 1 − γ: relu (0.05 + 0.10 + 0.16) / 3, gated (0.005 + 0.01 + 0.015) / 3
+    assert "1 − γ over the sparsity levels: relu 0.103, gated 0.010." in q2
 
 
 def test_q3_states_widths_and_margins_at_equal_width_and_compute(report):
@@ -487,6 +489,25 @@ def test_q3_states_widths_and_margins_at_equal_width_and_compute(report):
         ) in q3
     assert "At equal width, gated leads at every width trained" in q3
     assert "At equal compute, gated leads at every width trained" in q3
+    # gated covers L0 12–60 at every width: read at √(12·60), 0.02 gained per doubling
+    l0 = math.sqrt(12 * 60)
+    at = [0.70 + 0.05 * math.log(l0) + 0.03 + WIDTH_GAIN * k for k in (-1, 0, 1)]
+    assert (
+        f"At L0 ≈ {l0:.1f}, gated's loss recovered is {at[0]:.3f} at 256, {at[1]:.3f} at 512 "
+        f"and {at[2]:.3f} at 1024: it improves as d_sae grows."
+    ) in q3
+    assert "undertraining" not in q3
+
+
+def test_q1_summary_names_the_points_beyond_seed_noise():
+    comparisons = [Comparison(11.9, 11.9, 0.830, 0.817, 0.011),
+                   Comparison(40.6, 40.6, 0.921, 0.912, 0.011),
+                   Comparison(138, 138, 0.973, 0.971, 0.011)]
+    assert _q1_summary(comparisons, "loss recovered", 1) == (
+        "**In short:** fixing b_mag at zero costs loss recovered (−0.013, −0.009, −0.002), by "
+        "more than seed noise only at L0 ≈ 11.9 (1 of 3 compared points) and within it "
+        "elsewhere: in this sweep b_mag matters there and nowhere else."
+    )
 
 
 def test_report_states_the_noise_rule_and_how_it_was_run(report):
