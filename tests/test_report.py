@@ -574,6 +574,28 @@ def test_ablation_off_the_gated_lrs_and_l0_range_says_how_it_was_compared(tmp_pa
     assert "At λ = 3 (matched coefficient; L0 30 vs 315), fixing b_mag at zero" in q1
 
 
+def test_q2_frontier_runs_over_all_learning_rates_not_the_best_lr_per_level(tmp_path):
+    """Relu at lr 1e-3 loses to 3e-4 at every λ (0.02 lower) but reaches a quarter of the L0,
+    which puts it 0.05·ln4 − 0.02 ≈ +0.049 above the 3e-4 curve at its own L0: its points
+    belong on relu's frontier. Relu's frontier is then (4, 10, 20 at +0.049; 80 on the
+    curve), and against gated (+0.03 on the curve, L0 12–60) the margins are worked by hand:
+    at 12: 0.03 − 0.0493; at √720: 0.03 + 0.05·ln(√720/20) − (0.0493 + 0.211·0.02); at 60:
+    0.03 + 0.05·ln3 − (0.0493 + 0.792·0.02)."""
+    rows = []
+    for r in synthetic_rows():
+        if r["variant"] == "relu" and r["d_sae"] == MAIN and r["lr"] == 1e-3:
+            r = {**r, "l0": r["l0"] / 4}
+        rows.append(r)
+    md = write_report(write_sweep(tmp_path / "envelope", rows, RECORD))[0].read_text()
+    q2 = _section(md, "Q2.")
+    assert "relu: swept lr 1e-4, 3e-4, 1e-3; best lr 3e-4 at λ = 1, λ = 3 and λ = 10." in q2
+    assert (
+        "With each architecture's frontier taken over all its learning rates, gated's frontier "
+        "lies above relu's at 1 of 3 compared points at matched L0 (12, 26.8, 60), by −0.019, "
+        "−0.009, +0.020 in loss recovered"
+    ) in q2
+
+
 def test_missing_sections_say_not_measured(tmp_path):
     only_relu = [r for r in synthetic_rows() if r["variant"] == "relu" and r["d_sae"] == MAIN]
     folder = write_sweep(tmp_path / "relu", only_relu)  # and no sweep.json

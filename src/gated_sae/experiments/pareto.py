@@ -228,11 +228,12 @@ def compare(
     higher_is_better: bool = True,
     noise: float | None = None,
 ) -> list[Comparison]:
-    """Compare two families of best-lr summary rows (one row per sparsity level) on `metric`.
+    """Compare two families of summary rows (any number of lrs per sparsity level) on `metric`.
 
     At matched L0 when their frontiers overlap: each frontier interpolated (`interpolate_at`)
-    at the L0s of `matched_l0_grid`. Otherwise at each sparsity level both have, row against
-    row. Every comparison carries `noise`, the seed noise of the two families.
+    at the L0s of `matched_l0_grid`. Otherwise at each sparsity level both have, the best row
+    of each family at that level. Every comparison carries `noise`, the seed noise of the
+    two families.
     """
     fronts = [
         frontier([(s["l0"], s[metric], s) for s in family], higher_is_better)
@@ -244,10 +245,22 @@ def compare(
             Comparison(l0, l0, interpolate_at(fronts[0], l0), interpolate_at(fronts[1], l0), noise)
             for l0 in grid
         ]
-    by_level = {sparsity_level(s): s for s in alt}
-    out = []
-    for r in sorted(ref, key=sparsity_level):
-        a = by_level.get(sparsity_level(r))
-        if a is not None and _finite(r[metric]) and _finite(a[metric]):
-            out.append(Comparison(r["l0"], a["l0"], r[metric], a[metric], noise, sparsity_level(r)))
-    return out
+    sign = 1 if higher_is_better else -1
+    best_ref, best_alt = (_best_per_level(family, metric, sign) for family in (ref, alt))
+    return [
+        Comparison(r["l0"], a["l0"], r[metric], a[metric], noise, level)
+        for level, r in sorted(best_ref.items())
+        if (a := best_alt.get(level)) is not None
+    ]
+
+
+def _best_per_level(family: Iterable[Mapping], metric: str, sign: int) -> dict:
+    """{sparsity level: the row with the best finite `metric` at that level}."""
+    best: dict = {}
+    for s in family:
+        level = sparsity_level(s)
+        if not _finite(s[metric]):
+            continue
+        if level not in best or sign * s[metric] > sign * best[level][metric]:
+            best[level] = s
+    return best

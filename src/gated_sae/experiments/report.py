@@ -66,11 +66,13 @@ EQUAL_COMPUTE_RATIO = 1.5  # a gated step costs about 1.5 baseline steps (paper,
 GAMMA_TOLERANCE = 0.05  # "γ ≈ 1" for the shrinkage check
 NOT_MEASURED = "not measured in this sweep"
 COMPARISON_RULE = (
-    "Two SAE families are compared at matched L0: each family's best-lr point at every "
-    "sparsity level gives an L0–fidelity Pareto frontier, interpolated linearly in log L0, "
-    "and the frontiers are read at the two ends and the geometric middle of the L0 range "
-    "both cover. Where two frontiers share no L0 range they are compared at matched "
-    "sparsity coefficient instead, and the text says so. Seed noise is measured at matched "
+    "Two SAE families are compared at matched L0: each family's points (every learning rate "
+    "and sparsity level it was trained at, mean over seeds) give an L0–fidelity Pareto "
+    "frontier, so at each L0 a family is credited with the best any of its learning rates "
+    "reached. Frontiers are interpolated linearly in log L0 and read at the two ends and the "
+    "geometric middle of the L0 range both cover. Where two frontiers share no L0 range "
+    "they are compared at matched sparsity coefficient instead (each family's best row at "
+    "that level), and the text says so. Seed noise is measured at matched "
     "L0 too: for each family, every seed run at a shared learning rate gets its own "
     "frontier, and the noise is the largest spread (max − min over seeds) of those "
     "frontiers at the L0s they all cover (at matched λ the seeds' L0s differ, which is not "
@@ -240,6 +242,14 @@ class _Results:
         found = [s for s in pool if s["variant"] == variant and s["d_sae"] == width]
         return sorted(found, key=sparsity_level)
 
+    def points(self, variant: str, width: int | None, rows: list[dict] | None = None) -> list:
+        """Per-lr summaries of `variant` at `width`, one per (sparsity level, lr): the points
+        its frontier is built from (of `rows` when given, else of the whole sweep)."""
+        by = ("variant", "d_sae", "sparsity", "lr")
+        pool = self.per_lr if rows is None else summarize(rows, by)
+        found = [s for s in pool if s["variant"] == variant and s["d_sae"] == width]
+        return sorted(found, key=lambda s: (sparsity_level(s), s["lr"]))
+
     def compare(self, ref: list[dict], alt: list[dict]) -> list[Comparison]:
         """`ref` against `alt` at matched L0, with the larger of the two families' seed noise."""
         noises = [n for n in map(self.seed_noise, (ref, alt)) if n is not None]
@@ -351,7 +361,8 @@ def _metric_label(metric: str) -> str:
 
 
 def plot_pareto(res: _Results) -> bytes | None:
-    """(a) L0 against loss recovered and against FVU, each variant at its best lr."""
+    """(a) L0 against loss recovered and against FVU: each variant's points at every lr and
+    sparsity level, and the frontier through them."""
     variants = res.variants(res.main_width)
     if not variants:
         return None
@@ -363,7 +374,7 @@ def plot_pareto(res: _Results) -> bytes | None:
             _not_measured(ax, _metric_label(metric))
             continue
         for variant in variants:
-            family = res.family(variant, res.main_width)
+            family = res.points(variant, res.main_width)
             style = "--" if variant.startswith("gated ") else "-"
             ax.scatter(
                 [s["l0"] for s in family],
@@ -388,8 +399,8 @@ def plot_pareto(res: _Results) -> bytes | None:
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=9)
     fig.suptitle(
-        f"Pareto frontiers at d_sae = {res.main_width}: each variant at its best lr "
-        "per sparsity level (faint dots: points off the frontier)"
+        f"Pareto frontiers at d_sae = {res.main_width}, each over all of a variant's learning "
+        "rates and sparsity levels (faint dots: points off the frontier)"
     )
     return _png(fig)
 
@@ -521,7 +532,7 @@ def _equal_compute_width(widths: Sequence[int], gated_width: int) -> int | None:
 
 
 def _width_families(res: _Results) -> list[tuple[int, list, list, int | None, list]]:
-    """(gated width W, gated family, relu family at W, relu width ≈1.5W, its family)."""
+    """(gated width W, gated points, relu points at W, relu width ≈1.5W, its points)."""
     rows = _width_rows(res)
     gated_widths = sorted({r["d_sae"] for r in rows if r["variant"] == "gated"})
     relu_widths = sorted({r["d_sae"] for r in rows if r["variant"] == "relu"})
@@ -531,10 +542,10 @@ def _width_families(res: _Results) -> list[tuple[int, list, list, int | None, li
         out.append(
             (
                 w,
-                res.family("gated", w, rows),
-                res.family("relu", w, rows),
+                res.points("gated", w, rows),
+                res.points("relu", w, rows),
                 wide,
-                res.family("relu", wide, rows) if wide is not None else [],
+                res.points("relu", wide, rows) if wide is not None else [],
             )
         )
     return out
@@ -647,7 +658,7 @@ def _ablation_pairs(res: _Results) -> tuple[int | None, list[tuple[str, list, li
             lr_note = f"the ablation at lr {named}, gated at its best lr (not trained at {named})"
         if lrs and gated:
             out.append(
-                (variant, res.family("gated", width, gated), res.family(variant, width), lr_note)
+                (variant, res.points("gated", width, gated), res.points(variant, width), lr_note)
             )
     return width, out
 
@@ -822,7 +833,8 @@ def _frontier_summary(comparisons: list[Comparison], metric_name: str, sign: int
     where = "all" if len(above) == len(comparisons) else f"{len(above)} of"
     side = "above relu's" if sign > 0 else "below relu's (lower FVU is better)"
     return (
-        f"With each architecture at its own best lr, gated's frontier lies {side} at "
+        f"With each architecture's frontier taken over all its learning rates, gated's "
+        f"frontier lies {side} at "
         f"{where} {len(comparisons)} compared points {_basis(comparisons)}, by "
         f"{', '.join(_delta(c.delta) for c in comparisons)} in {metric_name} "
         f"({_tally(comparisons)})."
@@ -902,7 +914,8 @@ def section_q2(res: _Results) -> list[Block]:
         ("ul", [_lr_sentence(a, res.family(a, res.main_width)) for a in archs]),
         ("p", _best_lr_differs(relu, gated)),
     ]
-    comparisons = res.compare(relu, gated)
+    comparisons = res.compare(res.points("relu", res.main_width),
+                              res.points("gated", res.main_width))
     counts = [len({lr for s in family for lr in s["lrs"]}) for family in (relu, gated)]
     swept = (
         "Both were swept" if min(counts) >= 2 else "Not both were swept"
@@ -988,8 +1001,9 @@ def section_q3(res: _Results) -> list[Block]:
         ("ul", lines),
         (
             "p",
-            "Each width's SAEs at their best available lr; the rows tagged `width` or "
-            "`equal_compute` are used where the sweep has them. All compared points:",
+            "Each width's frontier runs over the learning rates trained at that width; the "
+            "rows tagged `width` or `equal_compute` are used where the sweep has them. All "
+            "compared points:",
         ),
         ("table", head, body),
     ]
@@ -1167,7 +1181,8 @@ PLOTS: tuple[tuple[str, Callable[[_Results], bytes | None], str, str], ...] = (
         "pareto.png",
         plot_pareto,
         "Pareto frontiers",
-        "L0 against loss recovered and FVU, each variant at its best lr per sparsity level.",
+        "L0 against loss recovered and FVU; each frontier runs over all of a variant's "
+        "learning rates and sparsity levels.",
     ),
     (
         "lr_sensitivity.png",
