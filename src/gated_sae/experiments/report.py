@@ -400,7 +400,7 @@ def plot_pareto(res: _Results) -> bytes | None:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=9)
     fig.suptitle(
         f"Pareto frontiers at d_sae = {res.main_width}, each over all of a variant's learning "
-        "rates and sparsity levels (faint dots: points off the frontier)"
+        "rates and sparsity levels\n(faint dots: points off the frontier)"
     )
     return _png(fig)
 
