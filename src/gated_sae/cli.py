@@ -465,7 +465,7 @@ def _eval_model(args: argparse.Namespace, sae, model: str, metadata: dict) -> di
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from . import load_sae
-    from .train.checkpoint import atomic_write_text
+    from .files import atomic_write_text
 
     _check_device(args.device)
     sae = load_sae(args.sae_dir, device=args.device)

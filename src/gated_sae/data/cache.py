@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
+from ..files import TMP_SUFFIX, atomic_write_text, fsync_path
 from .corpus import (
     DEFAULT_DATASET,
     check_context_size,
@@ -142,26 +143,15 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace(tmp: Path, final: Path) -> None:
     """Rename `tmp` over `final` after flushing it to disk, so `final` is whole or absent."""
-    _fsync_path(tmp)
+    fsync_path(tmp)
     os.replace(tmp, final)
-    if os.name == "posix":  # make the rename itself durable
-        _fsync_path(final.parent)
+    fsync_path(final.parent)  # make the rename itself durable
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    _replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _model_label(lm: Any) -> str:
@@ -201,7 +191,7 @@ def _check_resumable(out: Path, config: dict) -> dict | None:
     if not out.is_dir():
         raise ConfigError(f"cache folder {out} exists and is not a folder; give a new folder")
     if not (out / MANIFEST).exists():
-        if any(not p.name.endswith(".tmp") for p in out.iterdir()):
+        if any(not p.name.endswith(TMP_SUFFIX) for p in out.iterdir()):
             raise ConfigError(f"cache folder {out} exists and is not an activation cache; "
                               "give a new or empty folder")
         return None
@@ -290,7 +280,7 @@ def build_cache(
     manifest = _check_resumable(out, config)
 
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a killed run
+    for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by a killed run
         stale.unlink()
     if manifest is None:
         from .. import __version__
@@ -346,7 +336,7 @@ def _write_shard(
 
     n, ctx, d_in, dtype = rows.shape[0], config["context_size"], config["d_in"], config["dtype"]
     names = {"tokens": f"shard_{index:05d}.tokens.npy", "acts": f"shard_{index:05d}.acts.npy"}
-    tmp = {kind: out / f".{name}.tmp" for kind, name in names.items()}
+    tmp = {kind: out / f".{name}{TMP_SUFFIX}" for kind, name in names.items()}
     with tmp["tokens"].open("wb") as f:
         np.save(f, rows.numpy())
     acts = open_memmap(tmp["acts"], mode="w+", dtype=CACHE_DTYPES[dtype][0], shape=(n, ctx, d_in))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..files import atomic_write_bytes
 
 SYNTHETIC_SUFFIXES = (".npy", ".safetensors", ".pt")
 _CHUNK_ELEMENTS = 1 << 22  # bounds the [rows, G] working tensors of `sample`
@@ -135,19 +135,6 @@ def features_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.features.npy")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(open binary file)` on a temporary file in path's folder, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the data is not secret
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_synthetic(
     path: str | os.PathLike,
     n: int,
@@ -178,13 +165,13 @@ def write_synthetic(
     )
     x = data.sample(n).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(features_path(path), lambda fh: np.save(fh, data.features.numpy()))
+    atomic_write_bytes(features_path(path), lambda fh: np.save(fh, data.features.numpy()))
     if path.suffix == ".npy":
-        _atomic_write(path, lambda fh: np.save(fh, x.numpy()))
+        atomic_write_bytes(path, lambda fh: np.save(fh, x.numpy()))
     elif path.suffix == ".safetensors":
         from safetensors.torch import save
 
-        _atomic_write(path, lambda fh: fh.write(save({"activations": x})))
+        atomic_write_bytes(path, lambda fh: fh.write(save({"activations": x})))
     else:
-        _atomic_write(path, lambda fh: torch.save(x, fh))
+        atomic_write_bytes(path, lambda fh: torch.save(x, fh))
     return data

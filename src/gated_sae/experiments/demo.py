@@ -17,7 +17,7 @@ from ..data.corpus import token_windows
 from ..data.lm import load_model
 from ..evaluate.lm_metrics import lm_metrics
 from ..evaluate.metrics import activation_metrics
-from ..train.checkpoint import atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
 
 MODEL, SITE, DATASET, CONTEXT = (
@@ -116,10 +116,8 @@ def _plot(rows: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{MODEL} {SITE}, d_sae {D_SAE}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _report(rows: dict, config: TrainConfig, cached_tokens: int, plot_name: str) -> str:

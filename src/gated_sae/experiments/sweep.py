@@ -31,8 +31,8 @@ from ..data.corpus import token_windows
 from ..errors import ConfigError, DataError
 from ..evaluate.lm_metrics import lm_metrics
 from ..evaluate.metrics import activation_metrics
+from ..files import atomic_write_text
 from ..saes import architecture_options
-from ..train.checkpoint import atomic_write_text
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
 from .pareto import METRICS as SAE_METRICS
 

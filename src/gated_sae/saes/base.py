@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..files import umask_mode
+
 SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it unchanged
 
 
@@ -155,6 +157,9 @@ class SAE(nn.Module):
         try:
             save_file(tensors, tmp / "sae_weights.safetensors")
             (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            # mkdtemp (and safetensors' writer) make them owner-only; give open()'s modes
+            os.chmod(tmp / "sae_weights.safetensors", umask_mode(0o666))
+            os.chmod(tmp, umask_mode(0o777))
             replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

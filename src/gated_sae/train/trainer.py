@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import ConfigError, DataError, GatedSAEError
+from ..files import atomic_write_text
 from ..saes import SAE, architecture_options, create_sae
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
 
 SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
