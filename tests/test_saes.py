@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import gated_sae
 from gated_sae import ConfigError, DataError, create_sae, load_sae
 from gated_sae.saes import BatchTopKSAE, JumpReLUSAE
+from gated_sae.saes import gated as gated_module
 from gated_sae.saes.jumprelu import JumpReLUFunction, StepFunction
 from gated_sae.saes.topk import normalized_squared_error
 
@@ -181,8 +182,11 @@ def test_relu_loss(decoder_norm_l1):
     close(out.latents, f)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 5], ids=["one chunk", "5-row chunks"])
 @pytest.mark.parametrize("options", GATED_OPTIONS, ids=str)
-def test_gated_loss_and_gradients(options):
+def test_gated_loss_and_gradients(options, chunk_rows, monkeypatch):
+    if chunk_rows:  # 32 rows in chunks of 5: the cache-blocked loop, last chunk short
+        monkeypatch.setattr(gated_module, "CHUNK_ELEMENTS", chunk_rows * D_SAE)
     sae = make("gated", **options).double()
     ri_l1, x, lam = options.get("ri_l1", False), inputs(), 0.3
     out = sae.training_loss(x, lam)
