@@ -36,9 +36,16 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename `tmp`, already flushed to disk, over `path`, then flush the folder so the
+    rename itself survives a crash."""
+    os.replace(tmp, path)
+    fsync_path(Path(path).parent)
+
+
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(file)` on a temporary file beside `path`, flush it to disk, rename it over
-    `path`, then flush the folder so the rename itself survives a crash."""
+    """Call `write(file)` on a temporary file beside `path`, flush it to disk, and
+    `replace_durably` it over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
@@ -47,11 +54,10 @@ def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fchmod(f.fileno(), umask_mode(0o666))
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_path(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

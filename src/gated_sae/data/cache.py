@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
-from ..files import TMP_SUFFIX, atomic_write_text, fsync_path
+from ..files import TMP_SUFFIX, atomic_write_text, fsync_path, replace_durably
 from .corpus import (
     DEFAULT_DATASET,
     check_context_size,
@@ -146,8 +146,7 @@ def _sha256_file(path: Path) -> str:
 def _replace(tmp: Path, final: Path) -> None:
     """Rename `tmp` over `final` after flushing it to disk, so `final` is whole or absent."""
     fsync_path(tmp)
-    os.replace(tmp, final)
-    fsync_path(final.parent)  # make the rename itself durable
+    replace_durably(tmp, final)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
