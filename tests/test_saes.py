@@ -365,7 +365,7 @@ def test_jumprelu_l0_gradient_by_hand_through_the_loss():
     with torch.no_grad():
         sae.W_dec.zero_()  # x̂ = 0 whatever f is, so only the L0 term moves θ
     out = sae.training_loss(x, sparsity_coef=2.0)
-    close(out.terms["l0"], torch.tensor(2.5, dtype=f64))  # (3 + 2) / 2 rows
+    close(out.terms["l0_penalty"], torch.tensor(2.5, dtype=f64))  # (3 + 2) / 2 rows
     out.loss.backward()
     close(sae.threshold.grad, 2.0 * torch.tensor([-10.0, -20.0, -10.0, -10.0], dtype=f64) / 2)
 
@@ -386,7 +386,7 @@ def test_jumprelu_loss_matches_surrogate_reference():
     l0 = (step + ramp - ramp.detach()).sum(-1).mean()
     mse = sq(x, f @ p["W_dec"] + p["b_dec"])
     # θ's gradient passes through the fp32 copy the loss makes of it: fp32 precision there.
-    check_loss(sae, out, mse + lam * l0, {"mse": mse, "l0": l0}, p, tol=1e-6)
+    check_loss(sae, out, mse + lam * l0, {"mse": mse, "l0_penalty": l0}, p, tol=1e-6)
     assert sae.threshold.grad.count_nonzero() > D_SAE // 2  # many z fell inside the window
 
 

@@ -22,11 +22,23 @@ SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it u
 
 @dataclass
 class TrainOutput:
-    """One training forward: the total loss, its terms (detached, for logging), and the latents."""
+    """One training step's loss and its terms (detached, for logging), and what the trainer
+    tracks: which latents fired, the mean L0, and how many (token, latent) pairs the step's
+    sparse form works on (its measure of density). `latents` is the dense [batch, d_sae]
+    matrix, which only the dense step builds."""
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
-    latents: torch.Tensor
+    fired: torch.Tensor
+    l0: torch.Tensor
+    active_pairs: int
+    latents: torch.Tensor | None = None
+
+    @classmethod
+    def dense(cls, loss, terms, latents: torch.Tensor, active_pairs) -> TrainOutput:
+        firing = latents.detach() != 0
+        l0 = firing.sum(-1).float().mean()
+        return cls(loss, terms, firing.any(0), l0, int(active_pairs), latents)
 
 
 def squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -85,7 +97,40 @@ class SAE(nn.Module):
     def training_loss(
         self, x: torch.Tensor, sparsity_coef: float, dead_mask: torch.Tensor | None = None
     ) -> TrainOutput:
+        """The loss as one autograd graph over dense [batch, d_sae] tensors (the dense step)."""
         raise NotImplementedError
+
+    def sparse_gradients(
+        self,
+        x: torch.Tensor,
+        sparsity_coef: float,
+        dead_mask: torch.Tensor | None = None,
+        matmul_dtype: torch.dtype | None = None,
+    ) -> TrainOutput:
+        """The same loss, with every parameter's `.grad` set by hand from the active pairs
+        (the sparse step; saes/sparse.py). `matmul_dtype` is the encoder product's dtype."""
+        raise NotImplementedError
+
+    def _set_grads(
+        self,
+        grad_x_hat: torch.Tensor,
+        centring: list[tuple[torch.Tensor, torch.Tensor]],
+        **grads: torch.Tensor,
+    ) -> None:
+        """Set `.grad` of the trained parameters among `grads`, and of `b_dec`.
+
+        `b_dec` enters twice: `x̂ = … + b_dec` gives `Σ_i ∂L/∂x̂_i`, and the centring
+        `x − b_dec` of each encoder `W` gives `−W · Σ_i ∂L/∂pre_i`, passed as
+        `centring=[(W, Σ_i ∂L/∂pre_i), …]`.
+        """
+        grad_b_dec = grad_x_hat.sum(0)
+        for weight, pre_totals in centring:
+            grad_b_dec -= weight @ pre_totals
+        grads["b_dec"] = grad_b_dec
+        trained = dict(self.named_parameters())
+        for name, grad in grads.items():
+            if name in trained:
+                trained[name].grad = grad
 
     # --- training support ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from torch import nn
 from ..errors import ConfigError
 from .base import SAE, TrainOutput, squared_error
 from .jumprelu import JumpReLUSAE
+from .sparse import pairs_above
 
 # 4 MiB of float32 per chunk. Smaller chunks are no faster on an idle CPU, and each chunk
 # is a dozen multi-threaded ops: with another torch process on a 2-core machine, 512 KiB
@@ -156,7 +157,67 @@ class GatedSAE(SAE):
             aux = squared_error(x, frozen)
         loss = mse + sparsity_coef * sparsity + aux
         terms = {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": aux.detach()}
-        return TrainOutput(loss, terms, f)
+        return TrainOutput.dense(loss, terms, f, (gate_acts > 0).sum())
+
+    @torch.no_grad()
+    def sparse_gradients(self, x, sparsity_coef, dead_mask=None, matmul_dtype=None) -> TrainOutput:
+        """Active pairs: `π_gate > 0`, where the L1 and auxiliary terms live; `f` is non-zero on
+        those of them with `π_mag > 0`. With `e = x̂(f) − x`, `a = x̂_frozen(ReLU(π_gate)) − x`:
+        `∂L/∂π_gate = λ/n + (2/n)⟨a_i, W_dec,j⟩` and `∂L/∂π_mag = (2/n)⟨e_i, W_dec,j⟩·1[f > 0]`;
+        tied, `π_mag = (π_gate − b_gate)·exp(r_mag) + b_mag` carries both to W_gate."""
+        n, W_dec, x_c = x.shape[0], self.W_dec, x - self.b_dec
+        bias = self.b_gate - self.b_dec @ self.W_enc
+        pairs, gate_acts = pairs_above(x, self.W_enc, bias, 0.0, matmul_dtype)
+        cols = pairs.cols
+        if self.tied:
+            scale = self.r_mag.exp()[cols]
+            gate_proj = gate_acts - self.b_gate[cols]
+            pi_mag = gate_proj * scale + self.b_mag[cols]
+        else:
+            pi_mag = pairs.dot(x_c, self.W_mag.T) + self.b_mag[cols]
+        f = torch.relu(pi_mag)
+
+        error = pairs.decode(f, W_dec) + self.b_dec - x
+        aux_error = pairs.decode(gate_acts, W_dec) + self.b_dec - x
+        mse, aux = error.pow(2).sum() / n, aux_error.pow(2).sum() / n
+        grad_x_hat, grad_aux_hat = error * (2 / n), aux_error * (2 / n)
+        grad_mag = pairs.dot(grad_x_hat, W_dec) * (f > 0)
+        grad_gate = pairs.dot(grad_aux_hat, W_dec)
+        grad_W_dec = pairs.per_latent(f, grad_x_hat)
+        if self.ri_l1:  # decoder-norm-weighted L1, auxiliary term through the live decoder
+            norms = W_dec.norm(dim=1)
+            sparsity = (gate_acts * norms[cols]).sum() / n
+            grad_gate += (sparsity_coef / n) * norms[cols]
+            grad_W_dec += pairs.per_latent(gate_acts, grad_aux_hat)
+            totals = pairs.latent_totals(gate_acts) * (sparsity_coef / n) / norms
+            grad_W_dec += totals[:, None] * W_dec
+            grad_x_hat = grad_x_hat + grad_aux_hat
+        else:
+            sparsity = gate_acts.sum() / n
+            grad_gate += sparsity_coef / n
+
+        grad_b_gate, grad_b_mag = pairs.latent_totals(grad_gate), pairs.latent_totals(grad_mag)
+        if self.tied:
+            grad_proj = grad_gate + grad_mag * scale
+            grad_proj_totals = pairs.latent_totals(grad_proj)
+            mag_grads = {
+                "r_mag": pairs.latent_totals(grad_mag * gate_proj) * self.r_mag.exp(),
+                "W_enc": pairs.per_latent(grad_proj, x_c).T,
+            }
+            centring = [(self.W_enc, grad_proj_totals)]
+        else:
+            mag_grads = {
+                "W_mag": pairs.per_latent(grad_mag, x_c).T,
+                "W_enc": pairs.per_latent(grad_gate, x_c).T,
+            }
+            centring = [(self.W_enc, grad_b_gate), (self.W_mag, grad_b_mag)]
+        self._set_grads(
+            grad_x_hat, centring, b_gate=grad_b_gate, b_mag=grad_b_mag, W_dec=grad_W_dec,
+            **mag_grads,
+        )
+        loss = mse + sparsity_coef * sparsity + aux
+        terms = {"mse": mse, "sparsity": sparsity, "aux": aux}
+        return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))
 
     @torch.no_grad()
     def to_jumprelu(self) -> JumpReLUSAE:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .base import SAE, TrainOutput, squared_error
+from .sparse import pairs_above
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,41 @@ class JumpReLUSAE(SAE):
         mse = squared_error(x, self.decode(f))
         l0 = StepFunction.apply(z, threshold, self.bandwidth).sum(-1).mean()
         loss = mse + sparsity_coef * l0
-        return TrainOutput(loss, {"mse": mse.detach(), "l0": l0.detach()}, f)
+        terms = {"mse": mse.detach(), "l0_penalty": l0.detach()}
+        return TrainOutput.dense(loss, terms, f, (z > threshold - self.bandwidth).sum())
+
+    @torch.no_grad()
+    def sparse_gradients(self, x, sparsity_coef, dead_mask=None, matmul_dtype=None) -> TrainOutput:
+        """Active pairs: those that fire (`z > θ`) and those inside the straight-through
+        window `|z − θ| < ε/2`, kept as `z > θ − ε` (a superset, so rounding at the edge
+        cannot drop one). `∂L/∂z = (2/n)⟨e_i, W_dec,j⟩·1[z > θ]`, and each windowed pair adds
+        `−(θ/ε)(2/n)⟨e_i, W_dec,j⟩ − λ/(nε)` to `∂L/∂θ_j` (paper Eqs. 11–12)."""
+        n, eps = x.shape[0], self.bandwidth
+        threshold = self.threshold.float()
+        bias = self.b_enc - self.b_dec @ self.W_enc
+        pairs, z = pairs_above(x, self.W_enc, bias, threshold - eps, matmul_dtype)
+        theta = threshold[pairs.cols]
+        fires = z > theta
+        f = z * fires
+        in_window = rectangle((z - theta) / eps)
+        error = pairs.decode(f, self.W_dec) + self.b_dec - x
+        mse, grad_x_hat = error.pow(2).sum() / n, error * (2 / n)
+        grad_f = pairs.dot(grad_x_hat, self.W_dec)
+        grad_z = grad_f * fires
+        grad_theta = -(theta / eps) * in_window * grad_f - (sparsity_coef / (n * eps)) * in_window
+        grad_b_enc = pairs.latent_totals(grad_z)
+        self._set_grads(
+            grad_x_hat,
+            [(self.W_enc, grad_b_enc)],
+            W_enc=pairs.per_latent(grad_z, x - self.b_dec).T,
+            b_enc=grad_b_enc,
+            W_dec=pairs.per_latent(f, grad_x_hat),
+            threshold=pairs.latent_totals(grad_theta).to(self.threshold.dtype),
+        )
+        l0 = fires.sum().to(z.dtype) / n
+        loss = mse + sparsity_coef * l0
+        terms = {"mse": mse, "l0_penalty": l0}
+        return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))
 
     @torch.no_grad()
     def after_step_(self) -> None:

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .base import SAE, TrainOutput, squared_error
+from .sparse import pairs_above
 
 
 class ReLUSAE(SAE):
@@ -36,4 +37,38 @@ class ReLUSAE(SAE):
         else:
             sparsity = f.sum(-1).mean()
         loss = mse + sparsity_coef * sparsity
-        return TrainOutput(loss, {"mse": mse.detach(), "sparsity": sparsity.detach()}, f)
+        terms = {"mse": mse.detach(), "sparsity": sparsity.detach()}
+        return TrainOutput.dense(loss, terms, f, (f > 0).sum())
+
+    @torch.no_grad()
+    def sparse_gradients(self, x, sparsity_coef, dead_mask=None, matmul_dtype=None) -> TrainOutput:
+        """Active pairs: `pre > 0`. With `e = x̂ − x` and `n` tokens, `∂L/∂pre_ij =
+        (2/n)⟨e_i, W_dec,j⟩ + (λ/n)(‖W_dec,j‖)`, and `∂L/∂W_dec,j = Σ_i f_ij (2/n) e_i`."""
+        n = x.shape[0]
+        bias = self.b_enc - self.b_dec @ self.W_enc
+        pairs, f = pairs_above(x, self.W_enc, bias, 0.0, matmul_dtype)
+        error = pairs.decode(f, self.W_dec) + self.b_dec - x
+        mse = error.pow(2).sum() / n
+        grad_x_hat = error * (2 / n)
+        grad_pre = pairs.dot(grad_x_hat, self.W_dec)
+        grad_W_dec = pairs.per_latent(f, grad_x_hat)
+        if self.decoder_norm_l1:
+            norms = self.W_dec.norm(dim=1)
+            sparsity = (f * norms[pairs.cols]).sum() / n
+            grad_pre += (sparsity_coef / n) * norms[pairs.cols]
+            totals = pairs.latent_totals(f) * (sparsity_coef / n) / norms
+            grad_W_dec += totals[:, None] * self.W_dec
+        else:
+            sparsity = f.sum() / n
+            grad_pre += sparsity_coef / n
+        grad_b_enc = pairs.latent_totals(grad_pre)
+        self._set_grads(
+            grad_x_hat,
+            [(self.W_enc, grad_b_enc)],
+            W_enc=pairs.per_latent(grad_pre, x - self.b_dec).T,
+            b_enc=grad_b_enc,
+            W_dec=grad_W_dec,
+        )
+        loss = mse + sparsity_coef * sparsity
+        terms = {"mse": mse, "sparsity": sparsity}
+        return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))

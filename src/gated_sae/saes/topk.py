@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import SAE, TrainOutput, squared_error
+from .sparse import Pairs, encoded_blocks
 
 
 def normalized_squared_error(target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,74 @@ class TopKSAE(SAE):
         loss = fvu + self.aux_coef * aux
         latents = torch.zeros_like(pre).scatter_(-1, indices, values.detach())
         terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
-        return TrainOutput(loss, terms, latents)
+        return TrainOutput.dense(loss, terms, latents, (values > 0).sum())
+
+    def block_selection(self, pre: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, flat indices into the block) of the block's candidates: each row's top k."""
+        values, cols = pre.topk(self.k, dim=-1, sorted=False)
+        rows = torch.arange(pre.shape[0], device=pre.device)[:, None]
+        return values.flatten(), (rows * self.d_sae + cols).flatten()
+
+    def batch_selection(self, values: torch.Tensor, flat: torch.Tensor, n_tokens: int):
+        """The kept candidates of the whole batch (TopK: all of them)."""
+        return values, flat
+
+    @torch.no_grad()
+    def sparse_gradients(self, x, sparsity_coef=0.0, dead_mask=None, matmul_dtype=None):
+        """Active pairs: the selected k per token with a positive value, and the AuxK pairs.
+        With `v = E‖x − E x‖²`: `∂L/∂x̂_i = 2(x̂_i − x_i)/(n v)`; AuxK likewise on the
+        detached residual, with its own variance, times α."""
+        n, W_dec, x_c = x.shape[0], self.W_dec, x - self.b_dec
+        dead = dead_mask.nonzero().flatten() if dead_mask is not None else dead_mask
+        k_aux = 0 if dead is None else min(self.k_aux, dead.numel())
+        kept, aux = [], []
+        bias = self.b_enc - self.b_dec @ self.W_enc
+        for start, pre in encoded_blocks(x, self.W_enc, bias, matmul_dtype):
+            values, flat = self.block_selection(pre, n)
+            kept.append((values, flat + start * self.d_sae))
+            if k_aux:
+                values, cols = pre[:, dead].topk(k_aux, dim=-1, sorted=False)
+                rows = torch.arange(start, start + pre.shape[0], device=x.device)[:, None]
+                aux.append((values.flatten(), (rows * self.d_sae + dead[cols]).flatten()))
+        candidates = (torch.cat(column) for column in zip(*kept, strict=True))
+        pairs, f = Pairs.from_flat(*self.batch_selection(*candidates, n), n, self.d_sae)
+        self.after_selection(f)
+
+        error = pairs.decode(f, W_dec) + self.b_dec - x
+        variance = squared_error(x, x.mean(0))
+        mse = error.pow(2).sum() / n
+        grad_x_hat = error * (2 / (n * variance))
+        grad_pre = pairs.dot(grad_x_hat, W_dec)
+        grad_W_dec = pairs.per_latent(f, grad_x_hat)
+        grad_W_enc = pairs.per_latent(grad_pre, x_c)
+        grad_b_enc = pairs.latent_totals(grad_pre)
+        aux_loss = x.new_zeros(())
+        if aux:
+            columns = (torch.cat(column) for column in zip(*aux, strict=True))
+            aux_pairs, a = Pairs.from_flat(*columns, n, self.d_sae)
+            residual = -error
+            aux_error = aux_pairs.decode(a, W_dec) - residual
+            aux_variance = squared_error(residual, residual.mean(0))
+            aux_loss = aux_error.pow(2).sum() / (n * aux_variance)
+            grad_residual_hat = aux_error * (2 * self.aux_coef / (n * aux_variance))
+            grad_a = aux_pairs.dot(grad_residual_hat, W_dec)
+            grad_W_dec += aux_pairs.per_latent(a, grad_residual_hat)
+            grad_W_enc += aux_pairs.per_latent(grad_a, x_c)
+            grad_b_enc += aux_pairs.latent_totals(grad_a)
+        self._set_grads(
+            grad_x_hat,
+            [(self.W_enc, grad_b_enc)],
+            W_enc=grad_W_enc.T,
+            b_enc=grad_b_enc,
+            W_dec=grad_W_dec,
+        )
+        fvu = mse / variance
+        loss = fvu + self.aux_coef * aux_loss
+        terms = {"fvu": fvu, "mse": mse, "aux": aux_loss}
+        return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))
+
+    def after_selection(self, kept: torch.Tensor) -> None:
+        """Hook for what a step learns from its kept values (BatchTopK: the threshold)."""
 
 
 class BatchTopKSAE(TopKSAE):
@@ -126,16 +194,26 @@ class BatchTopKSAE(TopKSAE):
         flat_values, flat_indices = acts.flatten().topk(self.k * x.shape[0], sorted=False)
         latents = torch.zeros_like(acts).flatten().scatter(0, flat_indices, flat_values)
         latents = latents.view_as(acts)
-        self._update_threshold(flat_values.detach())
+        self.after_selection(flat_values.detach())
         x_hat = self.decode(latents)
         fvu = normalized_squared_error(x, x_hat)
         aux = self.auxk_loss(pre, x - x_hat, dead_mask)
         loss = fvu + self.aux_coef * aux
         terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
-        return TrainOutput(loss, terms, latents.detach())
+        return TrainOutput.dense(loss, terms, latents, (flat_values > 0).sum())
+
+    def block_selection(self, pre, n_tokens):
+        """The block's `n·k` largest activations: a superset of its share of the batch's."""
+        values, flat = torch.relu(pre).flatten().topk(min(n_tokens * self.k, pre.numel()))
+        return values, flat
+
+    def batch_selection(self, values, flat, n_tokens):
+        """The batch's `n·k` largest among the blocks' candidates."""
+        values, order = values.topk(min(n_tokens * self.k, values.numel()), sorted=False)
+        return values, flat[order]
 
     @torch.no_grad()
-    def _update_threshold(self, kept: torch.Tensor) -> None:
+    def after_selection(self, kept: torch.Tensor) -> None:
         positive = kept[kept > 0]
         if positive.numel() == 0:
             return

@@ -27,6 +27,13 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
 
 SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
+STEPS = ("auto", "dense", "sparse")
+PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
+# Below this fraction of active (token, latent) pairs a sparse step beats a dense one.
+# CPU: measured on a 2-core EPYC (benchmarks/peers.py --crossover), float32, d_in 576,
+# d_sae 4608 and 18432. CUDA: derived, not yet measured: bf16 matmuls run at ~10^15 FLOP/s
+# while the sparse gathers are bound by ~4 TB/s of memory, so only very sparse steps pay.
+SPARSE_CROSSOVER = {"cpu": 0.2, "cuda": 0.01}
 DEFAULT_LR = 3e-4  # Rajamanoharan et al. 2024 (relu, gated)
 DEFAULT_SPARSITY_COEF = {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5}
 
@@ -84,6 +91,8 @@ class TrainConfig:
     lr_decay_fraction: float = 0.2
     sparsity_warmup_fraction: float = 0.05
     dead_tokens: int | None = None  # dead = no firing in this many tokens; None: tokens // 10
+    step: str = "auto"  # dense, sparse, or auto: whichever is cheaper at the current density
+    precision: str = "float32"  # or bf16: bfloat16 autocast over float32 master weights
     checkpoint_every: int = 500  # steps; 0 = only at the end
     log_every: int = 10
     wandb_project: str | None = None
@@ -97,6 +106,12 @@ class TrainConfig:
         if self.tokens < self.batch_size:
             raise ConfigError(
                 f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})"
+            )
+        if self.step not in STEPS:
+            raise ConfigError(f"step must be one of {', '.join(STEPS)}, got {self.step!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
@@ -163,47 +178,76 @@ def init_seed(seed: int, cfg: SAEConfig, d_in: int) -> int:
 
 
 class TrainingSlot:
-    """One SAE under training with its optimiser and dead-latent counter."""
+    """One SAE under training with its optimiser, dead-latent counter and step density."""
 
-    def __init__(self, cfg: SAEConfig, d_in: int, device: str, seed: int):
+    def __init__(
+        self, cfg: SAEConfig, d_in: int, device: str, seed: int, precision: str = "float32"
+    ):
         self.cfg = cfg
+        self.device_type = torch.device(device).type
+        self.matmul_dtype = PRECISIONS[precision]
         torch.manual_seed(init_seed(seed, cfg, d_in))
         self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
         self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8
+            self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8, fused=True
         )
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        # Fraction of (token, latent) pairs the last step's sparse form touched: 1 before any.
+        self.density = 1.0
 
     def state(self) -> dict:
         return {
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "tokens_since_fired": self.tokens_since_fired,
+            "density": self.density,
         }
 
     def load_state(self, state: dict) -> None:
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.density = state["density"]
 
-    def step(self, x: torch.Tensor, lr_scale: float, coef_scale: float, dead_tokens: int) -> dict:
-        """One optimiser step on a batch of scaled activations; returns detached terms."""
+    def choose_step(self, step: str) -> str:
+        """`dense` or `sparse`: as forced, or (auto) whichever is cheaper at the density of
+        the previous batch, a function of the training state alone, so resuming repeats it."""
+        if step != "auto":
+            return step
+        return "sparse" if self.density < SPARSE_CROSSOVER[self.device_type] else "dense"
+
+    def step(
+        self,
+        x: torch.Tensor,
+        lr_scale: float,
+        coef_scale: float,
+        dead_tokens: int,
+        path: str = "dense",
+    ) -> dict:
+        """One optimiser step on a batch of scaled activations, on the `dense` or `sparse`
+        path (the same mathematics); returns detached terms."""
         sae, opt = self.sae, self.optimizer
         for group in opt.param_groups:
             group["lr"] = self.cfg.lr * lr_scale
         dead_mask = self.tokens_since_fired >= dead_tokens
-        out = sae.training_loss(x, self.cfg.sparsity_coef * coef_scale, dead_mask)
+        coef = self.cfg.sparsity_coef * coef_scale
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if path == "sparse":
+            out = sae.sparse_gradients(x, coef, dead_mask, self.matmul_dtype)
+        else:
+            precision = self.matmul_dtype or torch.float32
+            autocast = self.matmul_dtype is not None
+            with torch.autocast(self.device_type, dtype=precision, enabled=autocast):
+                out = sae.training_loss(x, coef, dead_mask)
+            out.loss.backward()
         if sae.unit_norm_decoder:
             sae.remove_parallel_decoder_grad_()
         opt.step()
         sae.after_step_()
-        with torch.no_grad():
-            active = out.latents > 0
-            self.tokens_since_fired += x.shape[0]
-            self.tokens_since_fired[active.any(0)] = 0
-        return {"loss": out.loss.detach(), **out.terms, "l0": active.sum(-1).float().mean()}
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[out.fired] = 0
+        self.density = out.active_pairs / (x.shape[0] * sae.d_sae)
+        return {"loss": out.loss.detach(), **out.terms, "l0": out.l0}
 
     @torch.no_grad()
     def resample_dead(self, x: torch.Tensor, window_tokens: int, generator: torch.Generator) -> int:
@@ -290,7 +334,7 @@ class Trainer:
         first = self._next_batch(stream, start)
         d_in = first.shape[1]
 
-        slots = [TrainingSlot(s, d_in, cfg.device, cfg.seed) for s in cfg.saes]
+        slots = [TrainingSlot(s, d_in, cfg.device, cfg.seed, cfg.precision) for s in cfg.saes]
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume:
             scale = resume["input_scale"]
@@ -321,6 +365,8 @@ class Trainer:
         # Time in SAE steps alone, against the loop's wall time: what reading, moving and
         # shuffling batches and logging cost on top (benchmarks/sweep_amortization.py).
         step_seconds = {slot.cfg.name: 0.0 for slot in slots}
+        paths = {s.cfg.name: {p: {"steps": 0, "seconds": 0.0} for p in STEPS[1:]} for s in slots}
+        cuda = torch.device(cfg.device).type == "cuda"
         loop_started = time.perf_counter()
         for step in range(start, cfg.steps):
             if step > start:
@@ -332,9 +378,17 @@ class Trainer:
             coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
             records = []
             for slot in slots:
+                path = slot.choose_step(cfg.step)
+                if cuda:
+                    torch.cuda.synchronize()
                 started = time.perf_counter()
-                terms = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens)
-                step_seconds[slot.cfg.name] += time.perf_counter() - started
+                terms = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens, path)
+                if cuda:
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - started
+                step_seconds[slot.cfg.name] += seconds
+                paths[slot.cfg.name][path]["steps"] += 1
+                paths[slot.cfg.name][path]["seconds"] += seconds
                 every = slot.cfg.resample_every
                 if every and (step + 1) % every == 0:
                     terms["resampled"] = slot.resample_dead(x, every * cfg.batch_size, generator)
@@ -359,6 +413,7 @@ class Trainer:
             "steps": cfg.steps - start,
             "wall_seconds": time.perf_counter() - loop_started,
             "step_seconds": step_seconds,
+            "paths": paths,
         }
         bar.close()
         logger.close()

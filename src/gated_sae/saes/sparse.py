@@ -1,0 +1,139 @@
+"""The pieces of a sparse training step (docs: sae-math.md, "Sparse training steps").
+
+Once an SAE is sparse, only the encoder's forward product needs the whole [batch, d_sae]
+matrix. It is computed a block of rows at a time (`encoded_blocks`); each architecture keeps
+the (token, latent) pairs its loss can touch, as `Pairs`, and everything after works on those:
+the decoder forward is a gather-and-sum, the decoder and encoder weight gradients are
+sparse-dense products, and the latents' gradient is a sampled dense-dense product.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+# 64 MiB of float32 pre-activations per block: large enough that the block's matmul runs at
+# the full-matrix rate on a 2-core CPU, small enough that the [batch, d_sae] temporary a
+# dense step holds several of is never built.
+BLOCK_ELEMENTS = 1 << 24
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def encoded_blocks(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """`(first row, x[rows] @ weight + bias)` for blocks of rows, reusing one buffer.
+
+    `dtype=torch.bfloat16` runs the product in bfloat16 (the GPU's fast path) and returns
+    blocks in the weight's own dtype, in which the rest of the step runs.
+    """
+    n, width, out_dtype = x.shape[0], weight.shape[1], weight.dtype
+    step = max(1, BLOCK_ELEMENTS // width)
+    if dtype is not None and dtype != x.dtype:
+        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+    buffer = x.new_empty(min(step, n), width)
+    for start in range(0, n, step):
+        rows = x[start : start + step]
+        block = torch.addmm(bias, rows, weight, out=buffer[: rows.shape[0]])
+        yield start, block.to(out_dtype)
+
+
+def pairs_above(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    threshold: torch.Tensor | float,
+    dtype: torch.dtype | None = None,
+) -> tuple[Pairs, torch.Tensor]:
+    """The pairs where `pre = x W + bias` exceeds `threshold` (a number, or one per latent),
+    with `pre` there."""
+    parts, values, width = [], [], weight.shape[1]
+    for start, pre in encoded_blocks(x, weight, bias, dtype):
+        flat = (pre > threshold).view(-1).nonzero().view(-1)
+        parts.append((flat // width + start, flat % width))
+        values.append(pre.view(-1)[flat])
+    return Pairs.from_blocks(parts, x.shape[0], weight.shape[1]), torch.cat(values)
+
+
+class Pairs:
+    """Active (token, latent) pairs of one batch in CSR order: by token, then by latent.
+
+    `rows[p]`, `cols[p]` name pair p; per-pair values are plain [n_pairs] tensors in the
+    same order.
+    """
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_tokens: int, n_latents: int):
+        self.rows, self.cols = rows, cols
+        self.shape = (n_tokens, n_latents)
+        counts = torch.bincount(rows, minlength=n_tokens)
+        self.crow = F.pad(counts.cumsum(0), (1, 0))
+        self._by_latent: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_blocks(
+        cls, parts: list[tuple[torch.Tensor, torch.Tensor]], n_tokens: int, n_latents: int
+    ) -> Pairs:
+        """Concatenate blocks' `(rows, cols)`, each already in CSR order and in row order."""
+        rows, cols = (torch.cat(column) for column in zip(*parts, strict=True))
+        return cls(rows, cols, n_tokens, n_latents)
+
+    @classmethod
+    def from_flat(
+        cls, values: torch.Tensor, flat: torch.Tensor, n_tokens: int, n_latents: int
+    ) -> tuple[Pairs, torch.Tensor]:
+        """The pairs at flat indices `token · n_latents + latent` whose value is positive, put
+        in CSR order, with their values."""
+        positive = values > 0
+        flat, order = flat[positive].sort()
+        values = values[positive][order]
+        return cls(flat // n_latents, flat % n_latents, n_tokens, n_latents), values
+
+    def __len__(self) -> int:
+        return self.rows.numel()
+
+    def keep(self, mask: torch.Tensor) -> Pairs:
+        """The pairs where `mask` holds (order kept)."""
+        return Pairs(self.rows[mask], self.cols[mask], *self.shape)
+
+    def decode(self, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+        """`Σ_j values_ij W_dec[j]` for every token i: [n_tokens, d_in]."""
+        return F.embedding_bag(
+            self.cols, W_dec, self.crow[:-1], per_sample_weights=values, mode="sum"
+        )
+
+    def dot(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """`⟨left[i], right[j]⟩` at every pair (i, j): [n_pairs]."""
+        if len(self) == 0:
+            return left.new_zeros(0)
+        pattern = torch.sparse_csr_tensor(
+            self.crow, self.cols, left.new_zeros(len(self)), self.shape, check_invariants=False
+        )
+        return torch.sparse.sampled_addmm(pattern, left, right.T).values()
+
+    def per_latent(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """`Σ_i values_ij dense[i]` for every latent j: [n_latents, dense.shape[1]]."""
+        if self._by_latent is None:
+            order = torch.argsort(self.cols, stable=True)
+            counts = torch.bincount(self.cols, minlength=self.shape[1])
+            self._by_latent = order, F.pad(counts.cumsum(0), (1, 0))
+        order, ccol = self._by_latent
+        transposed = torch.sparse_csr_tensor(
+            ccol, self.rows[order], values[order], self.shape[::-1], check_invariants=False
+        )
+        return torch.sparse.mm(transposed, dense)
+
+    def latent_totals(self, values: torch.Tensor) -> torch.Tensor:
+        """`Σ_i values_ij` for every latent j: [n_latents]."""
+        return values.new_zeros(self.shape[1]).index_add_(0, self.cols, values)
+
+    def fired(self, values: torch.Tensor) -> torch.Tensor:
+        """Which latents have a non-zero value on some token: [n_latents] bool."""
+        out = torch.zeros(self.shape[1], dtype=torch.bool, device=values.device)
+        return out.index_fill_(0, self.cols[values != 0], True)
+
+    def l0(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean number of non-zero values per token."""
+        return (values != 0).sum() / self.shape[0]
