@@ -29,7 +29,11 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	$(VENV)/bin/gated-sae demo --out runs/demo
 
+# The peers of benchmarks/peers.py, pinned as in pyproject's `bench` extra; --no-deps keeps
+# torch and transformers as installed (their full dependencies would pull a CUDA torch).
 bench: $(STAMP)
+	$(PIP) install --quiet --no-deps eai-sparsify==1.3.3 dictionary-learning==0.1.0 \
+		natsort==8.4.0 schedulefree==1.4.1
 	$(PY) benchmarks/train_throughput.py
 
 clean:

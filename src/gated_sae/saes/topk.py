@@ -82,7 +82,7 @@ class TopKSAE(SAE):
         terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
         return TrainOutput.dense(loss, terms, latents, (values > 0).sum())
 
-    def block_selection(self, pre: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block_selection(self, pre: torch.Tensor, n_tokens: int):
         """(values, flat indices into the block) of the block's candidates: each row's top k."""
         values, cols = pre.topk(self.k, dim=-1, sorted=False)
         rows = torch.arange(pre.shape[0], device=pre.device)[:, None]

@@ -1,0 +1,255 @@
+"""The sparse training step against the dense one: the same loss and the same gradient for
+every parameter, in float64, for every architecture and option (the dense path is itself
+checked against hand-written references in test_saes.py); the awkward cases; and whole runs
+on either path, or chosen automatically, ending in the same SAE."""
+
+import json
+
+import pytest
+import torch
+
+from gated_sae import create_sae
+from gated_sae.data.synthetic import SyntheticFeatures
+from gated_sae.saes import sparse
+from gated_sae.train.trainer import SAEConfig, TrainConfig, Trainer, TrainingSlot
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+D_IN, D_SAE, N = 8, 24, 29  # 29 tokens in blocks of 4 rows: the last block has one row
+f64 = torch.float64
+CONFIGS = [
+    ("relu", {}),
+    ("relu", {"decoder_norm_l1": True}),
+    ("gated", {}),
+    ("gated", {"b_mag": False}),
+    ("gated", {"r_mag": False}),
+    ("gated", {"tied": False}),
+    ("gated", {"tied": False, "b_mag": False}),
+    ("gated", {"ri_l1": True}),
+    ("gated", {"ri_l1": True, "tied": False}),
+    ("topk", {"k": 3, "k_aux": 5, "aux_coef": 0.25}),
+    ("batchtopk", {"k": 3, "k_aux": 5, "aux_coef": 0.25}),
+    ("jumprelu", {"bandwidth": 0.3, "threshold_init": 0.05}),
+]
+IDS = [a + "".join(f"-{k}={v}" for k, v in o.items()) for a, o in CONFIGS]
+BIASES = ("b_enc", "b_gate", "b_mag")
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(sparse, "BLOCK_ELEMENTS", 4 * D_SAE)
+
+
+def make(arch, options, seed=0):
+    torch.manual_seed(seed)
+    sae = create_sae(arch, d_in=D_IN, d_sae=D_SAE, **options).to(f64)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            if name == "threshold":
+                p.copy_(torch.rand(D_SAE) * 0.8 + 0.1)
+            elif name != "W_dec":
+                p.add_(torch.randn_like(p) * 0.3)
+    return sae
+
+
+def inputs(seed=1, n=N):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D_IN, generator=g, dtype=f64) * 1.5 + 0.5
+
+
+def both_paths(sae, x, coef=0.4, dead=None):
+    """(dense output, dense grads, sparse output, sparse grads) on copies of `sae`."""
+    grads = []
+    outs = []
+    for path in ("dense", "sparse"):
+        for p in sae.parameters():
+            p.grad = None
+        if path == "dense":
+            out = sae.training_loss(x, coef, dead)
+            out.loss.backward()
+        else:
+            out = sae.sparse_gradients(x, coef, dead)
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+    return outs[0], grads[0], outs[1], grads[1]
+
+
+def assert_same(sae, x, coef=0.4, dead=None):
+    dense, dense_grads, sparse_out, sparse_grads = both_paths(sae, x, coef, dead)
+    torch.testing.assert_close(sparse_out.loss, dense.loss.detach(), rtol=1e-12, atol=1e-12)
+    for name, value in dense.terms.items():
+        torch.testing.assert_close(sparse_out.terms[name], value, rtol=1e-12, atol=1e-12)
+    assert torch.equal(sparse_out.fired, dense.fired)
+    assert float(sparse_out.l0) == pytest.approx(float(dense.l0), abs=1e-6)
+    assert sparse_out.active_pairs == dense.active_pairs
+    for name, grad in dense_grads.items():
+        # θ's gradient passes through the float32 copy both paths make of θ
+        tol = 1e-6 if name == "threshold" else 1e-11
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=tol, atol=tol, msg=name)
+    return dense, sparse_out, sparse_grads
+
+
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=IDS)
+def test_sparse_gradients_equal_dense(arch, options):
+    sae = make(arch, options)
+    dead = torch.arange(D_SAE) % 3 == 0 if "k_aux" in options else None
+    _, out, _ = assert_same(sae, inputs(), dead=dead)
+    assert 0 < out.active_pairs < N * D_SAE  # a real mix of active and inactive pairs
+    if dead is not None:
+        assert out.terms["aux"] > 0
+
+
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=IDS)
+def test_token_with_no_active_latent_and_latent_active_everywhere(arch, options):
+    sae = make(arch, options)
+    x = inputs()
+    with torch.no_grad():
+        x[3] = sae.b_dec  # centred input 0: only biases decide
+        for name in BIASES:
+            if name in dict(sae.named_parameters()):
+                getattr(sae, name).fill_(-1.0)
+                getattr(sae, name)[5] = 50.0  # latent 5 fires on every token
+        if arch == "jumprelu":
+            sae.threshold.fill_(2.0)
+            sae.threshold[5] = 0.01
+        if arch in ("topk", "batchtopk"):
+            sae.W_enc[:, 5] = 0.0  # a positive pre-activation of 50 wherever the rest are
+    dense, out, _ = assert_same(sae, x)
+    assert bool(out.fired[5])
+    if arch not in ("topk", "batchtopk"):  # those always keep k latents, one is latent 5
+        assert not dense.latents[3, torch.arange(D_SAE) != 5].any()
+
+
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=IDS)
+def test_no_active_pair_at_all(arch, options):
+    """Every token silent (and for TopK every selected value ≤ 0): only b_dec learns."""
+    sae = make(arch, options)
+    with torch.no_grad():
+        for name in ("W_enc", "W_mag"):
+            if hasattr(sae, name):
+                getattr(sae, name).zero_()
+        for name in BIASES:
+            if name in dict(sae.named_parameters()):
+                getattr(sae, name).fill_(-1.0)
+        if arch == "jumprelu":
+            sae.threshold.fill_(5.0)
+    dead = torch.ones(D_SAE, dtype=torch.bool) if "k_aux" in options else None
+    dense, out, grads = assert_same(sae, inputs(), dead=dead)
+    assert out.active_pairs == 0 and not out.fired.any() and float(out.l0) == 0
+    assert grads["b_dec"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_all_latents_dead(arch):
+    sae = make(arch, {"k": 3, "k_aux": D_SAE})
+    dense, out, _ = assert_same(sae, inputs(), dead=torch.ones(D_SAE, dtype=torch.bool))
+    assert out.terms["aux"] > 0
+
+
+def test_last_block_without_active_pairs():
+    """The batch's tail block (one row) has no active pair; earlier blocks do."""
+    sae = make("gated", {})
+    x = inputs()
+    with torch.no_grad():
+        x[-1] = sae.b_dec
+        sae.b_gate.fill_(-1.0)
+    dense, out, _ = assert_same(sae, x)
+    assert out.active_pairs > 0 and dense.latents[-1].abs().sum() == 0
+
+
+def test_batchtopk_selects_across_blocks():
+    """The batch's n·k largest, not each block's share: blocks keep different counts."""
+    sae = make("batchtopk", {"k": 3})
+    x = inputs()
+    x[:4] *= 4  # the first block's activations dominate the batch's selection
+    dense, out, _ = assert_same(sae, x)
+    per_token = (dense.latents != 0).sum(1)
+    assert per_token[:4].float().mean() > per_token[4:].float().mean()
+
+
+def test_bf16_encoder_product_is_close():
+    sae = make("relu", {}).float()
+    x = inputs().float()
+    exact = sae.sparse_gradients(x, 0.4)
+    exact_grad = sae.W_dec.grad.clone()
+    bf16 = sae.sparse_gradients(x, 0.4, matmul_dtype=torch.bfloat16)
+    assert bf16.loss.dtype == torch.float32
+    assert float(bf16.loss) == pytest.approx(float(exact.loss), rel=0.05)
+    grads = sae.W_dec.grad.flatten(), exact_grad.flatten()
+    assert torch.nn.functional.cosine_similarity(*grads, dim=0) > 0.98
+
+
+# --- whole runs --------------------------------------------------------------------------------
+
+RUN_SAES = [
+    {"arch": "relu", "d_sae": 256, "lr": 3e-3, "sparsity_coef": 1.0},
+    {"arch": "gated", "d_sae": 256, "lr": 3e-3, "sparsity_coef": 1.0},
+    {"arch": "jumprelu", "d_sae": 256, "lr": 3e-3, "sparsity_coef": 0.3},
+    {"arch": "topk", "d_sae": 256, "lr": 3e-3, "options": {"k": 4}},
+    {"arch": "batchtopk", "d_sae": 256, "lr": 3e-3, "options": {"k": 4}},
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return SyntheticFeatures(96, 32, mean_active=4.0, seed=0).sample(256 * 300).float()
+
+
+def run(tmp_path, acts, step, steps=300):
+    config = TrainConfig(saes=RUN_SAES, batch_size=256, tokens=256 * steps, step=step,
+                         dead_tokens=256 * 20, checkpoint_every=0, log_every=steps)
+    out = tmp_path / step
+    saes = Trainer(config, out).fit(acts.split(256))
+    return saes, json.loads((out / "run.json").read_text())
+
+
+def final_metrics(sae, acts):
+    with torch.no_grad():
+        f = sae.encode(acts)
+        x_hat = sae.decode(f)
+    fvu = (acts - x_hat).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum()
+    return float((f != 0).sum(1).float().mean()), float(fvu)
+
+
+@pytest.mark.slow
+def test_sparse_run_ends_where_the_dense_run_ends(tmp_path, synthetic):
+    dense, _ = run(tmp_path, synthetic, "dense")
+    sparse_saes, record = run(tmp_path, synthetic, "sparse")
+    for name, sae in dense.items():
+        other = sparse_saes[name]
+        l0, fvu = final_metrics(sae, synthetic[:8192])
+        l0_s, fvu_s = final_metrics(other, synthetic[:8192])
+        assert l0_s == pytest.approx(l0, rel=0.01), name
+        assert fvu_s == pytest.approx(fvu, rel=0.01), name
+        for key, value in sae.state_dict().items():
+            if value.is_floating_point():
+                gap = (other.state_dict()[key] - value).norm() / value.norm().clamp_min(1e-12)
+                assert gap < 1e-3, (name, key, float(gap))
+    assert all(p["sparse"]["steps"] == 300 for p in record["timing"]["paths"].values())
+
+
+@pytest.mark.slow
+def test_auto_runs_dense_then_sparse_and_records_it(tmp_path, synthetic):
+    _, record = run(tmp_path, synthetic, "auto")
+    for name, paths in record["timing"]["paths"].items():
+        assert paths["dense"]["steps"] >= 1, name  # the first step knows no density yet
+        assert paths["dense"]["steps"] + paths["sparse"]["steps"] == 300
+        assert paths["sparse"]["steps"] > 50, name  # L0 ≈ 20 of 256 latents by the end
+        assert paths["sparse"]["seconds"] > 0 and paths["dense"]["seconds"] > 0
+
+
+def test_auto_follows_the_previous_batch_density():
+    slot = TrainingSlot(SAEConfig("relu", 64), 16, "cpu", 0)
+    assert slot.choose_step("auto") == "dense"  # no density measured yet
+    slot.density = 0.01
+    assert slot.choose_step("auto") == "sparse"
+    assert slot.choose_step("dense") == "dense"
+    slot.density = 0.9
+    assert slot.choose_step("auto") == "dense" and slot.choose_step("sparse") == "sparse"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=IDS)
+def test_sparse_gradients_equal_dense_on_cuda(arch, options):
+    sae = make(arch, options).cuda()
+    dead = (torch.arange(D_SAE) % 3 == 0).cuda() if "k_aux" in options else None
+    assert_same(sae, inputs().cuda(), dead=dead)
