@@ -253,3 +253,18 @@ def test_sparse_gradients_equal_dense_on_cuda(arch, options):
     sae = make(arch, options).cuda()
     dead = (torch.arange(D_SAE) % 3 == 0).cuda() if "k_aux" in options else None
     assert_same(sae, inputs().cuda(), dead=dead)
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=IDS)
+def test_bf16_steps_match_float32_closely(arch, options, path):
+    """bfloat16 autocast (dense) or a bfloat16 encoder product (sparse) over float32 weights."""
+    x = inputs().float()
+    losses = {}
+    for precision in ("float32", "bf16"):
+        cfg = SAEConfig(arch, D_SAE, lr=1e-3, sparsity_coef=0.4, options=options)
+        slot = TrainingSlot(cfg, D_IN, "cpu", 0, precision)
+        terms = [slot.step(x, 1.0, 1.0, 10**9, path) for _ in range(3)][-1]
+        assert all(p.dtype == torch.float32 for p in slot.sae.parameters())
+        losses[precision] = float(terms["loss"])
+    assert losses["bf16"] == pytest.approx(losses["float32"], rel=0.03)

@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("--wandb-project", str, "also log to this wandb project"),
     ]:
         train.add_argument(flag, type=kind, help=text)
+    train.add_argument("--step",
+                       help="dense, sparse, or auto: the cheaper at each step's density "
+                       "(default auto)")
+    train.add_argument("--precision",
+                       help="float32, or bf16: bfloat16 autocast over float32 weights "
+                       "(default float32)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"
@@ -276,7 +282,8 @@ def _train_config(args: argparse.Namespace):
             "options": options,
         }
         raw = {"saes": [sae]}
-    for key in ("batch_size", "tokens", "seed", "device", "checkpoint_every", "wandb_project"):
+    for key in ("batch_size", "tokens", "seed", "device", "checkpoint_every", "wandb_project",
+                "step", "precision"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     return TrainConfig.from_dict(raw)

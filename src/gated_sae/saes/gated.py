@@ -138,6 +138,7 @@ class GatedSAE(SAE):
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
         gate_proj = self.training_pre_activations(x, self.W_enc, torch.zeros_like(self.b_gate))
+        gate_proj = gate_proj.to(self.b_gate.dtype)  # bf16 under autocast; the gate in fp32
         if self.tied:
             f, gate_acts = TiedGatedActivations.apply(
                 gate_proj, self.b_gate, self.r_mag, self.b_mag

@@ -77,6 +77,7 @@ class JumpReLUSAE(SAE):
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
         z = self.training_pre_activations(x, self.W_enc, self.b_enc)
+        z = z.to(self.b_enc.dtype)  # bf16 under autocast; the threshold compares in fp32
         threshold = self.threshold.float()
         f = JumpReLUFunction.apply(z, threshold, self.bandwidth)
         mse = squared_error(x, self.decode(f))

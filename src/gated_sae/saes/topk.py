@@ -72,6 +72,7 @@ class TopKSAE(SAE):
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
+        pre = pre.to(self.b_enc.dtype)  # bf16 under autocast; the sparse decoder in fp32
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         values = torch.relu(values)
         x_hat = self.sparse_decode(values, indices) + self.b_dec
