@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(PIP) install --quiet --no-deps eai-sparsify==1.3.3 dictionary-learning==0.1.0 \
 		natsort==8.4.0 schedulefree==1.4.1
 	$(PY) benchmarks/train_throughput.py
+	$(VENV)/bin/gated-sae cache --model smollm2-135m --site blocks.15.hook_resid_post \
+		--tokens 65536 --out runs/bench-cache
+	$(PY) benchmarks/peers.py --cache runs/bench-cache --d-sae 4608,18432 --k 64
 
 clean:
 	rm -rf $(VENV) runs

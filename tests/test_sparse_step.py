@@ -11,6 +11,7 @@ import torch
 from gated_sae import create_sae
 from gated_sae.data.synthetic import SyntheticFeatures
 from gated_sae.saes import sparse
+from gated_sae.train import trainer
 from gated_sae.train.trainer import SAEConfig, TrainConfig, Trainer, TrainingSlot
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -228,7 +229,8 @@ def test_sparse_run_ends_where_the_dense_run_ends(tmp_path, synthetic):
 
 
 @pytest.mark.slow
-def test_auto_runs_dense_then_sparse_and_records_it(tmp_path, synthetic):
+def test_auto_runs_dense_then_sparse_and_records_it(tmp_path, synthetic, monkeypatch):
+    monkeypatch.setitem(trainer.SPARSE_MIN_WORK, "cpu", 1)  # these SAEs are tiny
     _, record = run(tmp_path, synthetic, "auto")
     for name, paths in record["timing"]["paths"].items():
         assert paths["dense"]["steps"] >= 1, name  # the first step knows no density yet
@@ -237,14 +239,16 @@ def test_auto_runs_dense_then_sparse_and_records_it(tmp_path, synthetic):
         assert paths["sparse"]["seconds"] > 0 and paths["dense"]["seconds"] > 0
 
 
-def test_auto_follows_the_previous_batch_density():
-    slot = TrainingSlot(SAEConfig("relu", 64), 16, "cpu", 0)
-    assert slot.choose_step("auto") == "dense"  # no density measured yet
+def test_auto_follows_the_previous_batch_density_on_large_enough_products():
+    slot = TrainingSlot(SAEConfig("relu", 4096), 512, "cpu", 0)
+    assert slot.choose_step("auto", 256) == "dense"  # no density measured yet
     slot.density = 0.01
-    assert slot.choose_step("auto") == "sparse"
-    assert slot.choose_step("dense") == "dense"
+    assert slot.choose_step("auto", 256) == "sparse"  # 2^29 multiply-adds per product
+    assert slot.choose_step("auto", 64) == "dense"  # 2^27: the small ops would dominate
+    assert slot.choose_step("dense", 256) == "dense"
     slot.density = 0.9
-    assert slot.choose_step("auto") == "dense" and slot.choose_step("sparse") == "sparse"
+    assert slot.choose_step("auto", 256) == "dense"
+    assert slot.choose_step("sparse", 256) == "sparse"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -34,6 +34,9 @@ PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 # d_sae 4608 and 18432. CUDA: derived, not yet measured: bf16 matmuls run at ~10^15 FLOP/s
 # while the sparse gathers are bound by ~4 TB/s of memory, so only very sparse steps pay.
 SPARSE_CROSSOVER = {"cpu": 0.2, "cuda": 0.01}
+# ...and only for products of at least this many multiply-adds (batch·d_in·d_sae): below
+# it, the sparse step's few dozen small operations cost more than the matmuls they save.
+SPARSE_MIN_WORK = {"cpu": 1 << 28, "cuda": 1 << 32}
 DEFAULT_LR = 3e-4  # Rajamanoharan et al. 2024 (relu, gated)
 DEFAULT_SPARSITY_COEF = {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5}
 
@@ -209,12 +212,15 @@ class TrainingSlot:
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.density = state["density"]
 
-    def choose_step(self, step: str) -> str:
+    def choose_step(self, step: str, batch_size: int) -> str:
         """`dense` or `sparse`: as forced, or (auto) whichever is cheaper at the density of
         the previous batch, a function of the training state alone, so resuming repeats it."""
         if step != "auto":
             return step
-        return "sparse" if self.density < SPARSE_CROSSOVER[self.device_type] else "dense"
+        work = batch_size * self.sae.d_in * self.sae.d_sae
+        sparse_pays = work >= SPARSE_MIN_WORK[self.device_type]
+        sparse_pays &= self.density < SPARSE_CROSSOVER[self.device_type]
+        return "sparse" if sparse_pays else "dense"
 
     def step(
         self,
@@ -378,7 +384,7 @@ class Trainer:
             coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
             records = []
             for slot in slots:
-                path = slot.choose_step(cfg.step)
+                path = slot.choose_step(cfg.step, cfg.batch_size)
                 if cuda:
                     torch.cuda.synchronize()
                 started = time.perf_counter()
