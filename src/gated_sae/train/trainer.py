@@ -30,10 +30,11 @@ SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale an
 STEPS = ("auto", "dense", "sparse")
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 # Below this fraction of active (token, latent) pairs a sparse step beats a dense one.
-# CPU: measured on a 2-core EPYC (benchmarks/peers.py --crossover), float32, d_in 576,
-# d_sae 4608 and 18432. CUDA: derived, not yet measured: bf16 matmuls run at ~10^15 FLOP/s
-# while the sparse gathers are bound by ~4 TB/s of memory, so only very sparse steps pay.
-SPARSE_CROSSOVER = {"cpu": 0.2, "cuda": 0.01}
+# CPU: measured on a 2-core EPYC (benchmarks/peers.py --crossover; relu, float32, d_in 576,
+# d_sae 4608, batch 4096): sparse/dense time 0.69 at density 0.1, 1.23 at 0.2. CUDA:
+# derived, not yet measured: bf16 matmuls run at ~10^15 FLOP/s while the sparse gathers are
+# bound by ~4 TB/s of memory, so only very sparse steps pay.
+SPARSE_CROSSOVER = {"cpu": 0.15, "cuda": 0.01}
 # ...and only for products of at least this many multiply-adds (batch·d_in·d_sae): below
 # it, the sparse step's few dozen small operations cost more than the matmuls they save.
 SPARSE_MIN_WORK = {"cpu": 1 << 28, "cuda": 1 << 32}
