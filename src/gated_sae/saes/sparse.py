@@ -1,4 +1,4 @@
-"""The pieces of a sparse training step (docs: sae-math.md, "Sparse training steps").
+"""The pieces of a sparse training step: the same loss and gradients as the dense step.
 
 Once an SAE is sparse, only the encoder's forward product needs the whole [batch, d_sae]
 matrix. It is computed a block of rows at a time (`encoded_blocks`); each architecture keeps
