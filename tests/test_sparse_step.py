@@ -231,6 +231,7 @@ def test_sparse_run_ends_where_the_dense_run_ends(tmp_path, synthetic):
 @pytest.mark.slow
 def test_auto_runs_dense_then_sparse_and_records_it(tmp_path, synthetic, monkeypatch):
     monkeypatch.setitem(trainer.SPARSE_MIN_WORK, "cpu", 1)  # these SAEs are tiny
+    monkeypatch.setitem(trainer.SPARSE_CROSSOVER, "cpu", 0.25)  # and reach L0 ≈ 20 of 256
     _, record = run(tmp_path, synthetic, "auto")
     for name, paths in record["timing"]["paths"].items():
         assert paths["dense"]["steps"] >= 1, name  # the first step knows no density yet
