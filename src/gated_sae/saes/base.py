@@ -81,9 +81,15 @@ class SAE(nn.Module):
 
         The same value, but b_dec's gradient then flows through a [d_in]×[d_in, d_sae] product
         instead of the [batch, d_sae]×[d_sae, d_in] matmul autograd would spend on `x − b_dec`:
-        one dense matmul of five saved on every step.
+        one dense matmul of five saved on every step. Returned in the weights' dtype: under
+        bf16 autocast the product runs in bf16, and the gates, thresholds and top-k that
+        follow compare in float32.
         """
-        return torch.addmm(bias - self.b_dec @ weight, x, weight)
+        return torch.addmm(self.centred_bias(weight, bias), x, weight).to(weight.dtype)
+
+    def centred_bias(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """`b − b_dec W`: the bias with which an encoder `W` takes `x` for `x − b_dec`."""
+        return bias - self.b_dec @ weight
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

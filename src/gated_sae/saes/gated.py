@@ -138,7 +138,6 @@ class GatedSAE(SAE):
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
         gate_proj = self.training_pre_activations(x, self.W_enc, torch.zeros_like(self.b_gate))
-        gate_proj = gate_proj.to(self.b_gate.dtype)  # bf16 under autocast; the gate in fp32
         if self.tied:
             f, gate_acts = TiedGatedActivations.apply(
                 gate_proj, self.b_gate, self.r_mag, self.b_mag
@@ -167,7 +166,7 @@ class GatedSAE(SAE):
         `∂L/∂π_gate = λ/n + (2/n)⟨a_i, W_dec,j⟩` and `∂L/∂π_mag = (2/n)⟨e_i, W_dec,j⟩·1[f > 0]`;
         tied, `π_mag = (π_gate − b_gate)·exp(r_mag) + b_mag` carries both to W_gate."""
         n, W_dec, x_c = x.shape[0], self.W_dec, x - self.b_dec
-        bias = self.b_gate - self.b_dec @ self.W_enc
+        bias = self.centred_bias(self.W_enc, self.b_gate)
         pairs, gate_acts = pairs_above(x, self.W_enc, bias, 0.0, matmul_dtype)
         cols = pairs.cols
         if self.tied:

@@ -77,7 +77,6 @@ class JumpReLUSAE(SAE):
 
     def training_loss(self, x, sparsity_coef, dead_mask=None) -> TrainOutput:
         z = self.training_pre_activations(x, self.W_enc, self.b_enc)
-        z = z.to(self.b_enc.dtype)  # bf16 under autocast; the threshold compares in fp32
         threshold = self.threshold.float()
         f = JumpReLUFunction.apply(z, threshold, self.bandwidth)
         mse = squared_error(x, self.decode(f))
@@ -94,7 +93,7 @@ class JumpReLUSAE(SAE):
         `−(θ/ε)(2/n)⟨e_i, W_dec,j⟩ − λ/(nε)` to `∂L/∂θ_j` (paper Eqs. 11–12)."""
         n, eps = x.shape[0], self.bandwidth
         threshold = self.threshold.float()
-        bias = self.b_enc - self.b_dec @ self.W_enc
+        bias = self.centred_bias(self.W_enc, self.b_enc)
         pairs, z = pairs_above(x, self.W_enc, bias, threshold - eps, matmul_dtype)
         theta = threshold[pairs.cols]
         fires = z > theta

@@ -45,7 +45,7 @@ class ReLUSAE(SAE):
         """Active pairs: `pre > 0`. With `e = x̂ − x` and `n` tokens, `∂L/∂pre_ij =
         (2/n)⟨e_i, W_dec,j⟩ + (λ/n)(‖W_dec,j‖)`, and `∂L/∂W_dec,j = Σ_i f_ij (2/n) e_i`."""
         n = x.shape[0]
-        bias = self.b_enc - self.b_dec @ self.W_enc
+        bias = self.centred_bias(self.W_enc, self.b_enc)
         pairs, f = pairs_above(x, self.W_enc, bias, 0.0, matmul_dtype)
         error = pairs.decode(f, self.W_dec) + self.b_dec - x
         mse = error.pow(2).sum() / n

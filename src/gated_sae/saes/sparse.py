@@ -111,10 +111,6 @@ class Pairs:
     def __len__(self) -> int:
         return self.rows.numel()
 
-    def keep(self, mask: torch.Tensor) -> Pairs:
-        """The pairs where `mask` holds (order kept)."""
-        return Pairs(self.rows[mask], self.cols[mask], *self.shape)
-
     def decode(self, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
         """`Σ_j values_ij W_dec[j]` for every token i: [n_tokens, d_in]."""
         return F.embedding_bag(

@@ -72,7 +72,6 @@ class TopKSAE(SAE):
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
-        pre = pre.to(self.b_enc.dtype)  # bf16 under autocast; the sparse decoder in fp32
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         values = torch.relu(values)
         x_hat = self.sparse_decode(values, indices) + self.b_dec
@@ -102,7 +101,7 @@ class TopKSAE(SAE):
         dead = dead_mask.nonzero().flatten() if dead_mask is not None else dead_mask
         k_aux = 0 if dead is None else min(self.k_aux, dead.numel())
         kept, aux = [], []
-        bias = self.b_enc - self.b_dec @ self.W_enc
+        bias = self.centred_bias(self.W_enc, self.b_enc)
         for start, pre in encoded_blocks(x, self.W_enc, bias, matmul_dtype):
             values, flat = self.block_selection(pre, n)
             kept.append((values, flat + start * self.d_sae))
