@@ -45,7 +45,7 @@ ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
 OURS = {
     "relu": {"lr": 1e-2, "sparsity_coef": 1.0},
     "gated": {"lr": 1e-2, "sparsity_coef": 2.0},
-    "jumprelu": {"lr": 1e-2, "sparsity_coef": 2.0, "options": {"threshold_init": 0.05}},
+    "jumprelu": {"lr": 1e-2, "sparsity_coef": 1.0},
     "topk": {"lr": 3e-3},
     "batchtopk": {"lr": 3e-3},
 }
