@@ -4,9 +4,11 @@ in one process, at the same d_in, d_sae, batch and precision.
 Ours is timed at a trained SAE's sparsity: each SAE first trains on the activations (the
 trainer's own auto step) until its L0 is at most the target (or a step budget runs out),
 then its steady-state steps are timed on the sparse path and, for reference, the dense one.
-Each peer first runs `--peer-warmup` steps of its own trainer, then is timed. Every timed
-round runs one step of each contender in a rotating order, with the encoder's forward
-product `x @ W_enc` (the floor of any step) timed in the same round; tables report medians.
+Each peer first runs `--peer-warmup` steps of its own trainer, then is timed. Contenders are
+timed a group at a time, one architecture and target L0 (ours and that architecture's peers),
+so only a group's SAEs are in memory. Every timed round runs one step of each contender in a
+rotating order, with the encoder's forward product `x @ W_enc` (the floor of any step) timed
+in the same round; tables report medians.
 
 Per contender: tokens/s, "× floor" (step time over the encoder product's time: 1.0 is a
 step that costs only its one necessary dense product), the fraction of the matmul ceiling
@@ -120,7 +122,12 @@ def _status_kib(field: str) -> int:
 
 
 class Ours:
-    """One of our SAEs, trained to the target L0, stepping on a fixed path."""
+    """One of our SAEs, trained to the target L0, stepping on a fixed path.
+
+    While its L0 is above the target, the sparsity coefficient grows 2% a step, so that every
+    λ-penalised architecture gets there within the step budget whatever the data (synthetic
+    Gaussian activations need a far larger coefficient than a model's); it is then held.
+    """
 
     def __init__(self, arch, d_in, d_sae, target, args, batches):
         settings = dict(OURS[arch])
@@ -129,17 +136,20 @@ class Ours:
             options = {**options, "k": target}
         cfg = SAEConfig(arch, d_sae, options=options, **settings)
         self.slot = TrainingSlot(cfg, d_in, args.device, 0, args.precision)
-        self.l0, self.trained = float("inf"), 0
+        self.l0, self.trained, self.coef_scale = float("inf"), 0, 1.0
         while self.trained < args.train_steps and not self.l0 <= target:
             path = self.slot.choose_step("auto", args.batch)
-            terms = self.slot.step(batches(), 1.0, 1.0, 10**9, path)
-            self.l0, self.trained = float(terms["l0"]), self.trained + 1
+            self.step(batches(), path)
+            self.trained += 1
+            if self.l0 > target:
+                self.coef_scale *= 1.02
 
     def step(self, x, path):
-        self.l0 = float(self.slot.step(x, 1.0, 1.0, 10**9, path)["l0"])
+        terms = self.slot.step(x, 1.0, self.coef_scale, 10**9, path)
+        self.l0 = float(terms["l0"])
 
 
-def run_width(args, acts, d_sae) -> list[dict]:
+def run_width(args, acts, d_sae) -> tuple[list[dict], dict]:
     d_in, device, B = acts.shape[1], args.device, args.batch
     cursor = [0]
 
@@ -151,55 +161,66 @@ def run_width(args, acts, d_sae) -> list[dict]:
     # Inputs scaled as the trainer scales them: E‖x‖² = d_in.
     scale = (d_in / acts[:65536].pow(2).sum(-1).mean()).sqrt()
     acts.mul_(scale)
-    W = torch.randn(d_in, d_sae, device=device)
-    contenders = {}
+    # The floor runs in the step's precision: a bf16 step's encoder product is a bf16 product.
+    floor_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    W = torch.randn(d_in, d_sae, device=device, dtype=floor_dtype)
+    rows = []
     for target in args.targets:
         for arch in args.archs:
-            print(f"d_sae {d_sae}: training ours ({arch}) to L0 ≤ {target}", flush=True)
-            ours = Ours(arch, d_in, d_sae, target, args, batches)
-            for path in ("sparse", "dense"):
-                contenders[("ours", arch, target, path)] = (partial(ours.step, path=path), ours)
-            # λ-penalised peers are timed once: their step's cost does not depend on k
-            per_k = arch in ("topk", "batchtopk") or target == args.targets[0]
-            for peer in args.peers:
-                if arch not in PEER_ARCHS[peer] or not per_k:
-                    continue
-                step = make_peer_step(peer, arch, d_in, d_sae, B, device, args.precision,
-                                      target, PEER_COEF[arch])
-                for _ in range(args.peer_warmup):
-                    state = step(batches())
-                contenders[(peer, arch, target, "")] = (step, state)
+            group = time_group(args, arch, target, d_in, d_sae, batches, W)
+            print_table(group, d_sae, group[0]["floor_seconds"], B, d_in)
+            rows += group
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()  # each group's SAEs and optimisers are freed here
+    floor_s = statistics.median(r["floor_seconds"] for r in rows)
+    print_table(rows, d_sae, floor_s, B, d_in)
+    return rows, {"floor_seconds": floor_s, "matmul_flops": 2 * B * d_in * d_sae / floor_s}
+
+
+def time_group(args, arch, target, d_in, d_sae, batches, W) -> list[dict]:
+    """Ours (both paths) and each peer for one architecture and target L0, in rotating rounds
+    with the encoder product timed in each; only this group's SAEs are alive meanwhile."""
+    device, B = args.device, args.batch
+    print(f"d_sae {d_sae}: training ours ({arch}) to L0 ≤ {target}", flush=True)
+    ours = Ours(arch, d_in, d_sae, target, args, batches)
+    contenders = {("ours", path): (partial(ours.step, path=path), ours)
+                  for path in ("sparse", "dense")}
+    for peer in args.peers:
+        if arch in PEER_ARCHS[peer]:
+            step = make_peer_step(peer, arch, d_in, d_sae, B, device, args.precision,
+                                  target, PEER_COEF[arch])
+            for _ in range(args.peer_warmup):
+                state = step(batches())
+            contenders[(peer, "")] = (step, state)
     times = {key: [] for key in contenders}
     memory = {key: 0 for key in contenders}
     floor = []
     keys = list(contenders)
     for r in range(args.rounds):
         x = batches()
-        floor.append(timed(partial(torch.mm, x, W), device)[0])
+        floor.append(timed(partial(torch.mm, x.to(W.dtype), W), device)[0])
         for key in keys[r % len(keys):] + keys[: r % len(keys)]:
             seconds, peak = timed(partial(contenders[key][0], x), device)
             times[key].append(seconds)
             memory[key] = max(memory[key], peak)
     floor_s = statistics.median(floor)
     rows = []
-    for key, (_, state) in contenders.items():
-        who, arch, target, path = key
-        seconds = statistics.median(times[key])
-        l0 = state.l0 if isinstance(state, Ours) else state["l0"]
+    for (who, path), (_, state) in contenders.items():
+        seconds = statistics.median(times[(who, path)])
         rows.append({
             "d_sae": d_sae, "arch": arch, "target_l0": target, "who": who, "path": path,
-            "l0": l0, "seconds": seconds, "tokens_per_s": B / seconds,
+            "l0": state.l0 if isinstance(state, Ours) else state["l0"],
+            "seconds": seconds, "tokens_per_s": B / seconds, "floor_seconds": floor_s,
             "x_floor": seconds / floor_s, "ceiling_fraction": floor_s / seconds,
-            "peak_mib": memory[key] / 2**20,
+            "peak_mib": memory[(who, path)] / 2**20,
             "trained_steps": state.trained if isinstance(state, Ours) else args.peer_warmup,
+            "coef_scale": state.coef_scale if isinstance(state, Ours) else None,
         })
+    best = max((r for r in rows if r["who"] != "ours"), key=lambda r: r["tokens_per_s"],
+               default=None)
     for row in rows:
-        peers = [r for r in rows if r["arch"] == row["arch"] and r["who"] != "ours"
-                 and (r["target_l0"] == row["target_l0"] or r["arch"] not in ("topk", "batchtopk"))]
-        best = max(peers, key=lambda r: r["tokens_per_s"], default=None)
         row["x_fastest_peer"] = row["tokens_per_s"] / best["tokens_per_s"] if best else None
-    print_table(rows, d_sae, floor_s, B, d_in)
-    return rows, {"floor_seconds": floor_s, "matmul_flops": 2 * B * d_in * d_sae / floor_s}
+    return rows
 
 
 def crossover(args, acts, d_sae) -> list[dict]:
@@ -236,8 +257,23 @@ def print_table(rows, d_sae, floor_s, batch, d_in) -> None:
               f"{r['peak_mib']:>10.0f}{vs:>13}")
 
 
+def usable_peers(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The peers whose step builds (a tiny one, on CPU), and why each other one does not:
+    a peer missing from this machine is reported and skipped, not fatal to the benchmark."""
+    usable, skipped = [], {}
+    for peer in names:
+        try:
+            make_peer_step(peer, PEER_ARCHS[peer][0], 8, 16, 4, "cpu", "float32", 2, 1.0)
+            usable.append(peer)
+        except Exception as error:  # noqa: BLE001  (any failure to import or build)
+            skipped[peer] = f"{type(error).__name__}: {error}"
+            print(f"skipping {peer}: {skipped[peer]}", flush=True)
+    return usable, skipped
+
+
 def main() -> None:
     args = parse_args()
+    args.peers, skipped = usable_peers(args.peers)
     acts = activations(args)
     result = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -246,6 +282,7 @@ def main() -> None:
                     "cuda": torch.cuda.get_device_name() if "cuda" in args.device else None},
         "versions": {"gated_sae": gated_sae.__version__, "torch": torch.__version__,
                      **peer_versions()},
+        "peers_skipped": skipped,
         "sparse_crossover_setting": SPARSE_CROSSOVER,
         "widths": [],
         "crossover": [],
