@@ -124,9 +124,11 @@ def _status_kib(field: str) -> int:
 class Ours:
     """One of our SAEs, trained to the target L0, stepping on a fixed path.
 
-    While its L0 is above the target, the sparsity coefficient grows 2% a step, so that every
-    λ-penalised architecture gets there within the step budget whatever the data (synthetic
-    Gaussian activations need a far larger coefficient than a model's); it is then held.
+    While its L0 is above 1.5× the target, the sparsity coefficient grows 2% a step, so that
+    every λ-penalised architecture gets there within the step budget whatever the data
+    (synthetic Gaussian activations need a far larger coefficient than a model's); held from
+    there, it lets L0 settle onto the target (ramping to the target itself overshot: relu
+    aimed at 32 landed on 8.8 at d_sae 65536).
     """
 
     def __init__(self, arch, d_in, d_sae, target, args, batches):
@@ -141,7 +143,7 @@ class Ours:
             path = self.slot.choose_step("auto", args.batch)
             self.step(batches(), path)
             self.trained += 1
-            if self.l0 > target:
+            if self.l0 > 1.5 * target:
                 self.coef_scale *= 1.02
 
     def step(self, x, path):

@@ -186,7 +186,7 @@ def test_relu_loss(decoder_norm_l1):
 @pytest.mark.parametrize("options", GATED_OPTIONS, ids=str)
 def test_gated_loss_and_gradients(options, chunk_rows, monkeypatch):
     if chunk_rows:  # 32 rows in chunks of 5: the cache-blocked loop, last chunk short
-        monkeypatch.setattr(gated_module, "CHUNK_ELEMENTS", chunk_rows * D_SAE)
+        monkeypatch.setattr(gated_module, "CHUNK_ELEMENTS", {"cpu": chunk_rows * D_SAE})
     sae = make("gated", **options).double()
     ri_l1, x, lam = options.get("ri_l1", False), inputs(), 0.3
     out = sae.training_loss(x, lam)

@@ -37,7 +37,7 @@ BIASES = ("b_enc", "b_gate", "b_mag")
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(sparse, "BLOCK_ELEMENTS", 4 * D_SAE)
+    monkeypatch.setattr(sparse, "BLOCK_ELEMENTS", {"cpu": 4 * D_SAE, "cuda": 4 * D_SAE})
 
 
 def make(arch, options, seed=0):
@@ -155,6 +155,21 @@ def test_last_block_without_active_pairs():
         sae.b_gate.fill_(-1.0)
     dense, out, _ = assert_same(sae, x)
     assert out.active_pairs > 0 and dense.latents[-1].abs().sum() == 0
+
+
+def test_gathered_dot_equals_the_sampled_product(monkeypatch):
+    """CUDA's gathered dot products against the CPU's sampled product and a float64 loop,
+    over chunks of 7 pairs (the last one short) and tokens without pairs."""
+    monkeypatch.setattr(sparse, "DOT_CHUNK_ELEMENTS", 7 * D_IN)
+    g = torch.Generator().manual_seed(3)
+    left = torch.randn(9, D_IN, generator=g, dtype=f64)
+    right = torch.randn(D_SAE, D_IN, generator=g, dtype=f64)
+    mask = torch.rand(9, D_SAE, generator=g) < 0.3
+    mask[4] = False
+    pairs = sparse.Pairs(*mask.nonzero().T, 9, D_SAE)
+    expected = torch.stack([left[i] @ right[j] for i, j in mask.nonzero().tolist()])
+    torch.testing.assert_close(pairs.gathered_dot(left, right), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pairs.dot(left, right), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_batchtopk_selects_across_blocks():
