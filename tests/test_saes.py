@@ -1,5 +1,5 @@
 """The architectures in gated_sae.saes, checked formula by formula against float64 references
-written here from ../shared/reference/sae-math.md, hand-worked cases and properties."""
+written here from docs/formulas.md, hand-worked cases and properties."""
 
 import copy
 import json

@@ -1,6 +1,6 @@
 """Synthetic activations with known features (Sharkey et al. 2022, "Taking features out of
 superposition with sparse autoencoders"), to check that an SAE recovers them (see MMCS in
-gated_sae.evaluate.metrics and ../shared/reference/sae-math.md)."""
+gated_sae.evaluate.metrics and docs/formulas.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Language-model metrics of an SAE: loss recovered, Δloss and KL with the SAE spliced in.
 
-Formulas in ../shared/reference/sae-math.md, "Metrics":
+Formulas in docs/formulas.md, "Metrics":
 
     loss_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)
     delta_loss     = CE_sae − CE_clean

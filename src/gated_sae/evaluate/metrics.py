@@ -1,6 +1,6 @@
 """Activation-level metrics: L0, FVU, γ, dead/dense latents, density histogram, MMCS.
 
-Formulas in ../shared/reference/sae-math.md, "Metrics" and "Synthetic data with known features".
+Formulas in docs/formulas.md, "Metrics" and "Synthetic data with known features".
 Every statistic is a sum accumulated in float64 over the stream of batches, so the result
 does not depend on how the tokens were split into batches.
 """

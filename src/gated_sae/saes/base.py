@@ -1,5 +1,5 @@
 """What every SAE shares: the decoder, initialisation, the unit-norm constraint, input-scale
-folding, and the SAELens v6 folder format (see ../shared/reference/sae-math.md, "Shared pieces")."""
+folding, and the SAELens v6 folder format (see docs/formulas.md, "Shared pieces")."""
 
 from __future__ import annotations
 

@@ -296,7 +296,7 @@ class TrainingSlot:
 
 
 def estimate_input_scale(sample: torch.Tensor) -> float:
-    """The scalar `s` with `E‖s·x‖² = d_in` on a sample (sae-math.md, "Input scaling")."""
+    """The scalar `s` with `E‖s·x‖² = d_in` on a sample (docs/formulas.md, "Shared pieces")."""
     mean_sq_norm = sample.double().pow(2).sum(-1).mean()
     if not mean_sq_norm > 0:
         raise DataError("activations are all zero; cannot estimate the input scale")
