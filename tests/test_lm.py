@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import sys
 import time
 
@@ -52,8 +53,28 @@ def test_load_tiny_model(tiny_model_dir, no_network):
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
                     reason="mallopt is glibc's")
 def test_keep_freed_memory_sets_glibc_allocator():
-    """On glibc the two mallopt calls succeed (a value glibc rejects would return False)."""
+    """Its effect, in fresh processes: glibc serves an 8 MiB malloc by mmap by default
+    (mallinfo2's hblks counts such blocks), and from the heap once keep_freed_memory ran."""
+    probe = """
+import ctypes, sys
+from gated_sae.data.lm import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+        "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+if sys.argv[1] == "keep":
     assert keep_freed_memory() and keep_freed_memory()
+before = libc.mallinfo2().hblks
+block = libc.malloc(8 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+    mapped = {}
+    for mode in ("default", "keep"):
+        run = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True,
+                             text=True, check=True)
+        mapped[mode] = int(run.stdout)
+    assert mapped == {"default": 1, "keep": 0}
 
 
 def test_load_in_bfloat16(tiny_model_dir, tiny_windows):

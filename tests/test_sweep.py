@@ -88,14 +88,32 @@ def test_bad_sweep_configs_name_the_problem(sweep_inputs, change, message):
         expand_grid(SweepConfig.from_dict(raw))
 
 
-def test_presets_expand():
-    questions = load_sweep_config(preset="questions")
-    points = expand_grid(questions)
-    widths = {p.sae.d_sae for p in points if p.sae.arch == "gated"}
-    assert len(widths) >= 3
-    roles = set().union(*(p.roles for p in points))
-    assert roles == {"lr_sweep", "ablation", "width", "equal_compute", "seeds"}
-    assert expand_grid(load_sweep_config(preset="paper"))
+@pytest.mark.parametrize("preset", ["questions", "paper"])
+def test_presets_hold_the_comparisons_the_three_questions_need(preset):
+    """Q1: gated with and without b_mag at the same learning rate and λs. Q2: relu and gated
+    each over at least 4 learning rates at every λ. Q3: both at 3+ widths, and the baseline
+    1.5x wider at equal compute. Every variant at the main width."""
+    config = load_sweep_config(preset=preset)
+    points = expand_grid(config)
+
+    def grid(role, variant):
+        return {(p.sae.d_sae, p.sae.lr, p.sae.sparsity_coef) for p in points
+                if role in p.roles and p.variant == variant}
+
+    ablation = {(w, lr, c) for w, lr, c in grid("ablation", "gated")}
+    assert ablation and grid("ablation", "gated no b_mag") == ablation
+    for variant in ("relu", "gated"):
+        lr_sweep = grid("lr_sweep", variant)
+        assert {w for w, _, _ in lr_sweep} == {config.main_width}
+        for level in {c for _, _, c in lr_sweep}:
+            assert len({lr for _, lr, c in lr_sweep if c == level}) >= 4, (variant, level)
+    gated_widths = sorted({w for w, _, _ in grid("width", "gated")})
+    assert len(gated_widths) >= 3 and sorted({w for w, _, _ in grid("width", "relu")}) == gated_widths
+    assert sorted({w for w, _, _ in grid("equal_compute", "relu")}) == [w * 3 // 2 for w in gated_widths]
+    assert {p.variant for p in points} >= {"relu", "gated", "gated no b_mag", "topk", "jumprelu"}
+
+
+def test_unknown_preset_is_named():
     with pytest.raises(ConfigError, match="unknown preset 'fast'"):
         load_sweep_config(preset="fast")
 
