@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_D_MODEL, TINY_LAYERS, TINY_N_CTX
 
 from gated_sae import ConfigError, DataError, create_sae
-from gated_sae.data.lm import keep_freed_memory, load_model
+from gated_sae.data.lm import load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

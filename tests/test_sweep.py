@@ -107,9 +107,12 @@ def test_presets_hold_the_comparisons_the_three_questions_need(preset):
         assert {w for w, _, _ in lr_sweep} == {config.main_width}
         for level in {c for _, _, c in lr_sweep}:
             assert len({lr for _, lr, c in lr_sweep if c == level}) >= 4, (variant, level)
-    gated_widths = sorted({w for w, _, _ in grid("width", "gated")})
-    assert len(gated_widths) >= 3 and sorted({w for w, _, _ in grid("width", "relu")}) == gated_widths
-    assert sorted({w for w, _, _ in grid("equal_compute", "relu")}) == [w * 3 // 2 for w in gated_widths]
+    def widths(role, variant):
+        return sorted({w for w, _, _ in grid(role, variant)})
+
+    assert len(widths("width", "gated")) >= 3
+    assert widths("width", "relu") == widths("width", "gated")
+    assert widths("equal_compute", "relu") == [w * 3 // 2 for w in widths("width", "gated")]
     assert {p.variant for p in points} >= {"relu", "gated", "gated no b_mag", "topk", "jumprelu"}
 
 
