@@ -13,8 +13,8 @@ import yaml
 from conftest import _SENTENCES, save_tiny_model
 
 from gated_sae.errors import ConfigError
+from gated_sae.experiments.results import COLUMNS
 from gated_sae.experiments.sweep import (
-    COLUMNS,
     Sweep,
     SweepConfig,
     expand_grid,

@@ -12,21 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-METRICS = (
-    "l0",
-    "fvu",
-    "explained_variance",
-    "mse",
-    "gamma",
-    "dead_fraction",
-    "dense_fraction",
-    "ce_clean",
-    "ce_sae",
-    "ce_zero",
-    "loss_recovered",
-    "delta_loss",
-    "kl",
-)
+from .results import METRICS
 
 # Settings copied into a summary row when every row of its group shares them.
 CARRIED = ("arch", "variant", "d_sae", "lr", "sparsity_coef", "k")

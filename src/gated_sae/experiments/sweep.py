@@ -12,7 +12,6 @@ not trained again, and an interrupted pass resumes from its checkpoint.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import math
@@ -34,26 +33,10 @@ from ..evaluate.metrics import activation_metrics
 from ..files import atomic_write_text
 from ..saes import architecture_options
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
-from .pareto import METRICS as SAE_METRICS
+from .results import MEASURED, results_text
 
 PRESETS = ("questions", "paper")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
-METRICS = [*SAE_METRICS, "eval_tokens"]
-COLUMNS = [
-    "name",
-    "arch",
-    "variant",
-    "options",
-    "d_sae",
-    "lr",
-    "sparsity_coef",
-    "k",
-    "seed",
-    "tokens",
-    "batch_size",
-    "role",
-    *METRICS,
-]
 GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}
 
 
@@ -335,7 +318,7 @@ class Sweep:
                     "tokens": self.config.tokens,
                     "batch_size": self.config.batch_size,
                     "role": ";".join(sorted(point.roles)),
-                    **{m: metrics[m] for m in METRICS},
+                    **{m: metrics[m] for m in MEASURED},
                 }
             )
         return rows
@@ -348,12 +331,8 @@ class Sweep:
 
     def _write_results(self, rows: dict[str, dict]) -> None:
         order = {p.sae.name: i for i, p in enumerate(self.points)}
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for name in sorted(rows, key=lambda n: order.get(n, math.inf)):
-            writer.writerow({k: _cell(rows[name][k]) for k in COLUMNS})
-        atomic_write_text(self.results_path, buffer.getvalue())
+        names = sorted(rows, key=lambda n: order.get(n, math.inf))
+        atomic_write_text(self.results_path, results_text(rows[name] for name in names))
 
     def _record(self, d_in: int) -> dict:
         return {
@@ -367,10 +346,3 @@ class Sweep:
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-
-def _cell(value) -> str:
-    """CSV text that reads back the same: floats with full precision."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
