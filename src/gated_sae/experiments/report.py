@@ -29,6 +29,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..errors import DataError
 from ..files import atomic_write_bytes, atomic_write_text
+from ..saes import variant_order
 from .pareto import (
     METRICS,
     Comparison,
@@ -42,17 +43,7 @@ from .pareto import (
 )
 
 BASE_ARCHS = ("relu", "gated", "topk", "batchtopk", "jumprelu")
-VARIANT_ORDER = (
-    "relu",
-    "gated",
-    "gated no b_mag",
-    "gated no r_mag",
-    "gated untied",
-    "gated RI-L1",
-    "topk",
-    "batchtopk",
-    "jumprelu",
-)
+VARIANT_ORDER = variant_order()
 # What each gated ablation changes, as the subject of a sentence.
 ABLATION_CHANGES = {
     "gated no b_mag": "fixing b_mag at zero",
