@@ -38,7 +38,8 @@ from peer_steps import PEER_ARCHS, make_peer_step, peer_versions
 
 import gated_sae  # noqa: I001  (first: it sets KMP_BLOCKTIME before torch loads)
 from gated_sae.data.cache import load_cache
-from gated_sae.train.trainer import SPARSE_CROSSOVER, SAEConfig, TrainingSlot
+from gated_sae.train.slot import SPARSE_CROSSOVER, TrainingSlot
+from gated_sae.train.trainer import SAEConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
@@ -147,8 +148,7 @@ class Ours:
                 self.coef_scale *= 1.02
 
     def step(self, x, path):
-        terms = self.slot.step(x, 1.0, self.coef_scale, 10**9, path)
-        self.l0 = float(terms["l0"])
+        self.l0 = float(self.slot.step(x, 1.0, self.coef_scale, 10**9, path).l0)
 
 
 def run_width(args, acts, d_sae) -> tuple[list[dict], dict]:

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from gated_sae.train.trainer import SAEConfig, TrainingSlot
+from gated_sae.train.slot import TrainingSlot
+from gated_sae.train.trainer import SAEConfig
 
 ARCHS = ("relu", "gated", "topk", "batchtopk", "jumprelu")
 FLOP_FACTOR = {"gated": 16}  # × B·d_in·d_sae; every other architecture: 12

@@ -87,6 +87,23 @@ def test_untied_gated_gets_a_name_of_its_own(tmp_path):
         assert torch.equal(load_sae(tmp_path / "sae")(x), ours(x))
 
 
+def test_uncentred_untied_gated_folds_into_both_paths(tmp_path):
+    """With apply_b_dec_to_input false each path takes `x W + b`, the magnitude path with
+    its own W_mag (SAELens has no untied gated to compare with)."""
+    ours = randomise_(create_sae("gated", d_in=D_IN, d_sae=D_SAE, tied=False))
+    ours.save(tmp_path / "sae")
+    cfg_file = tmp_path / "sae" / "cfg.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()),
+                                    "apply_b_dec_to_input": False}))
+    w = {name: t.double() for name, t in ours.state_dict().items()}
+    x = inputs().double()
+    pi_gate, pi_mag = x @ w["W_enc"] + w["b_gate"], x @ w["W_mag"] + w["b_mag"]
+    expected = (pi_gate > 0) * pi_mag.clamp(min=0)
+    assert 0.02 < (expected != 0).double().mean() < 0.98
+    with torch.no_grad():
+        same(load_sae(tmp_path / "sae").encode(x.float()), expected.float())
+
+
 SAELENS = {"standard": (StandardSAE, StandardSAEConfig), "gated": (GatedSAE, GatedSAEConfig),
            "topk": (TopKSAE, TopKSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig)}
 THEIRS = [

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import gated_sae
 from gated_sae import ConfigError, DataError, create_sae, load_sae
-from gated_sae.saes import BatchTopKSAE, JumpReLUSAE
+from gated_sae.saes import BatchTopKSAE, JumpReLUSAE, variant_label, variant_order
 from gated_sae.saes import gated as gated_module
 from gated_sae.saes.jumprelu import JumpReLUFunction, StepFunction
 from gated_sae.saes.topk import normalized_squared_error
@@ -109,8 +109,9 @@ def close(actual, expected, tol=1e-10, msg=""):
 def check_loss(sae, out, loss, terms, p, tol=1e-10):
     """Loss and its terms match the reference, and so does every parameter's gradient."""
     close(out.loss, loss, tol)
+    assert list(out.terms.present()) == list(terms)
     for name, value in terms.items():
-        close(out.terms[name], value, tol, msg=name)
+        close(getattr(out.terms, name), value, tol, msg=name)
     out.loss.backward()
     loss.backward()
     for name, param in sae.named_parameters():
@@ -120,6 +121,40 @@ def check_loss(sae, out, loss, terms, p, tol=1e-10):
 
 
 # --- initialisation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=CONFIG_IDS)
+def test_every_trained_parameter_but_b_dec_names_its_latent_axis(arch, options):
+    sae = create_sae(arch, d_in=D_IN, d_sae=D_SAE, **options)
+    latent = {name: (p, axis) for name, p, axis in sae.latent_parameters()}
+    assert set(latent) == set(dict(sae.named_parameters())) - {"b_dec"}
+    for name, (p, axis) in latent.items():
+        assert p is getattr(sae, name) and p.shape[axis] == D_SAE, name
+    encoders = {"W_enc", "W_mag"} & set(latent)  # [d_in, d_sae]
+    assert set(sae.input_weights) == encoders
+    assert all(latent[name][0].shape == (D_IN, D_SAE) and latent[name][1] == 1 for name in encoders)
+
+
+@pytest.mark.parametrize(("arch", "options", "label"), [
+    ("relu", {}, "relu"),
+    ("relu", {"decoder_norm_l1": True}, "relu decoder-norm L1"),
+    ("relu", {"decoder_norm_l1": False}, "relu"),
+    ("gated", {"b_mag": True}, "gated"),
+    ("gated", {"b_mag": False}, "gated no b_mag"),
+    ("gated", {"r_mag": False}, "gated no r_mag"),
+    ("gated", {"tied": False, "b_mag": False}, "gated no b_mag untied"),
+    ("gated", {"ri_l1": True, "tied": False}, "gated untied RI-L1"),
+    ("topk", {"k": 3}, "topk"),
+    ("batchtopk", {"k": 3, "aux_coef": 0.5}, "batchtopk"),
+    ("jumprelu", {"bandwidth": 0.1}, "jumprelu"),
+])
+def test_variant_label(arch, options, label):
+    assert variant_label(arch, options) == label
+
+
+def test_variant_order_lists_each_architecture_then_its_ablations():
+    assert variant_order() == ("relu", "gated", "gated no b_mag", "gated no r_mag",
+                               "gated untied", "gated RI-L1", "topk", "batchtopk", "jumprelu")
 
 
 @pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=CONFIG_IDS)
@@ -365,7 +400,7 @@ def test_jumprelu_l0_gradient_by_hand_through_the_loss():
     with torch.no_grad():
         sae.W_dec.zero_()  # x̂ = 0 whatever f is, so only the L0 term moves θ
     out = sae.training_loss(x, sparsity_coef=2.0)
-    close(out.terms["l0_penalty"], torch.tensor(2.5, dtype=f64))  # (3 + 2) / 2 rows
+    close(out.terms.l0_penalty, torch.tensor(2.5, dtype=f64))  # (3 + 2) / 2 rows
     out.loss.backward()
     close(sae.threshold.grad, 2.0 * torch.tensor([-10.0, -20.0, -10.0, -10.0], dtype=f64) / 2)
 

@@ -11,8 +11,9 @@ import torch
 from gated_sae import create_sae
 from gated_sae.data.synthetic import SyntheticFeatures
 from gated_sae.saes import sparse
-from gated_sae.train import trainer
-from gated_sae.train.trainer import SAEConfig, TrainConfig, Trainer, TrainingSlot
+from gated_sae.train import slot as slot_module
+from gated_sae.train.slot import TrainingSlot
+from gated_sae.train.trainer import SAEConfig, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 D_IN, D_SAE, N = 8, 24, 29  # 29 tokens in blocks of 4 rows: the last block has one row
@@ -77,8 +78,10 @@ def both_paths(sae, x, coef=0.4, dead=None):
 def assert_same(sae, x, coef=0.4, dead=None):
     dense, dense_grads, sparse_out, sparse_grads = both_paths(sae, x, coef, dead)
     torch.testing.assert_close(sparse_out.loss, dense.loss.detach(), rtol=1e-12, atol=1e-12)
-    for name, value in dense.terms.items():
-        torch.testing.assert_close(sparse_out.terms[name], value, rtol=1e-12, atol=1e-12)
+    sparse_terms = sparse_out.terms.present()
+    assert list(sparse_terms) == list(dense.terms.present())
+    for name, value in dense.terms.present().items():
+        torch.testing.assert_close(sparse_terms[name], value, rtol=1e-12, atol=1e-12)
     assert torch.equal(sparse_out.fired, dense.fired)
     assert float(sparse_out.l0) == pytest.approx(float(dense.l0), abs=1e-6)
     assert sparse_out.active_pairs == dense.active_pairs
@@ -96,7 +99,7 @@ def test_sparse_gradients_equal_dense(arch, options):
     _, out, _ = assert_same(sae, inputs(), dead=dead)
     assert 0 < out.active_pairs < N * D_SAE  # a real mix of active and inactive pairs
     if dead is not None:
-        assert out.terms["aux"] > 0
+        assert out.terms.aux > 0
 
 
 @pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=IDS)
@@ -143,7 +146,7 @@ def test_no_active_pair_at_all(arch, options):
 def test_all_latents_dead(arch):
     sae = make(arch, {"k": 3, "k_aux": D_SAE})
     dense, out, _ = assert_same(sae, inputs(), dead=torch.ones(D_SAE, dtype=torch.bool))
-    assert out.terms["aux"] > 0
+    assert out.terms.aux > 0
 
 
 def test_last_block_without_active_pairs():
@@ -267,8 +270,8 @@ def test_jumprelu_paths_follow_one_trajectory_in_float64(synthetic):
 
 @pytest.mark.slow
 def test_auto_runs_dense_then_sparse_and_records_it(tmp_path, synthetic, monkeypatch):
-    monkeypatch.setitem(trainer.SPARSE_MIN_WORK, "cpu", 1)  # these SAEs are tiny
-    monkeypatch.setitem(trainer.SPARSE_CROSSOVER, "cpu", 0.25)  # and reach L0 ≈ 20 of 256
+    monkeypatch.setitem(slot_module.SPARSE_MIN_WORK, "cpu", 1)  # these SAEs are tiny
+    monkeypatch.setitem(slot_module.SPARSE_CROSSOVER, "cpu", 0.25)  # and reach L0 ≈ 20 of 256
     _, record = run(tmp_path, synthetic, "auto")
     for name, paths in record["timing"]["paths"].items():
         assert paths["dense"]["steps"] >= 1, name  # the first step knows no density yet
@@ -306,7 +309,7 @@ def test_bf16_steps_match_float32_closely(arch, options, path):
     for precision in ("float32", "bf16"):
         cfg = SAEConfig(arch, D_SAE, lr=1e-3, sparsity_coef=0.4, options=options)
         slot = TrainingSlot(cfg, D_IN, "cpu", 0, precision)
-        terms = [slot.step(x, 1.0, 1.0, 10**9, path) for _ in range(3)][-1]
+        out = [slot.step(x, 1.0, 1.0, 10**9, path) for _ in range(3)][-1]
         assert all(p.dtype == torch.float32 for p in slot.sae.parameters())
-        losses[precision] = float(terms["loss"])
+        losses[precision] = float(out.loss)
     assert losses["bf16"] == pytest.approx(losses["float32"], rel=0.03)

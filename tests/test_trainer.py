@@ -19,16 +19,12 @@ from gated_sae.data.cache import ShuffledBatches
 from gated_sae.data.synthetic import SyntheticFeatures
 from gated_sae.evaluate.metrics import activation_metrics
 from gated_sae.train.schedules import lr_factor, sparsity_factor
-from gated_sae.train.trainer import (
-    SAEConfig,
-    TrainConfig,
-    Trainer,
-    TrainingSlot,
-    estimate_input_scale,
-)
+from gated_sae.train.slot import TrainingSlot
+from gated_sae.train.trainer import SAEConfig, TrainConfig, Trainer, estimate_input_scale
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only contend
 D_IN, D_SAE, BATCH = 16, 32, 128
+ARCHS = ["relu", "gated", "topk", "batchtopk", "jumprelu"]
 UNIT_NORM = ["relu", "gated", "gated-untied", "topk", "batchtopk", "jumprelu"]
 ALL_SAES = [
     {"arch": "relu", "d_sae": D_SAE, "sparsity_coef": 1.0},
@@ -91,6 +87,30 @@ def test_sparsity_factor(step, total, fraction, expected):
 
 
 # --- input scale ----------------------------------------------------------------------------
+
+# --- what a config takes from its architecture ---------------------------------------------
+
+def test_default_lr_and_sparsity_coefficient_are_the_architecture_s():
+    # 3e-4 as in the Gated SAE paper; TopK and BatchTopK 2e-4 / √(d_sae / 2^14) (Gao et al.)
+    for d_sae, topk_lr in ((1 << 14, 2e-4), (1 << 16, 1e-4), (1 << 12, 4e-4)):
+        lrs = {arch: SAEConfig(arch, d_sae).lr for arch in ARCHS}
+        assert lrs == pytest.approx({"relu": 3e-4, "gated": 3e-4, "jumprelu": 3e-4,
+                                     "topk": topk_lr, "batchtopk": topk_lr}, rel=1e-12)
+    coefs = {arch: SAEConfig(arch, 64).sparsity_coef for arch in ARCHS}
+    assert coefs == {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5, "topk": 0.0, "batchtopk": 0.0}
+    given = SAEConfig("topk", 64, lr=1e-3, sparsity_coef=2.0)
+    assert (given.lr, given.sparsity_coef) == (1e-3, 2.0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resampling_only_for_architectures_that_take_it(arch):
+    if arch in ("relu", "gated"):
+        assert SAEConfig(arch, 64, resample_every=10).resample_every == 10
+    else:
+        message = f"resample_every applies to relu and gated, not {arch}"
+        with pytest.raises(ConfigError, match=message):
+            SAEConfig(arch, 64, resample_every=10)
+
 
 def test_input_scale_makes_mean_squared_norm_d_in():
     x = torch.randn(500, 20, generator=torch.Generator().manual_seed(0)) * 7 + 3
@@ -210,9 +230,9 @@ def test_tokens_since_fired_counts_per_latent():
     expected = [[0, 0, 16, 16, 16, 16, 16, 16], [16, 0, 0, 32, 32, 32, 32, 32],
                 [32, 16, 0, 48, 48, 48, 48, 48]]
     for x, counts in zip(batches, expected, strict=True):
-        terms = slot.step(x, 1.0, 1.0, dead_tokens=10**9)
+        out = slot.step(x, 1.0, 1.0, dead_tokens=10**9)
         assert slot.tokens_since_fired.tolist() == counts
-        assert terms["l0"].item() == 1.0
+        assert out.l0.item() == 1.0
 
 
 def test_auxk_gets_the_dead_latents():
@@ -226,8 +246,8 @@ def test_auxk_gets_the_dead_latents():
             slot.sae.b_enc[0] = 0.01
         slot.tokens_since_fired[0] = 1000 if dead else 0
         x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(0)) * 2
-        terms = slot.step(x, 1.0, 1.0, dead_tokens=1000)
-        grads[dead] = (slot.sae.b_enc.grad[0].item(), terms["aux"].item())
+        out = slot.step(x, 1.0, 1.0, dead_tokens=1000)
+        grads[dead] = (slot.sae.b_enc.grad[0].item(), out.terms.aux.item())
         assert slot.tokens_since_fired[0].item() == (1064 if dead else 64)  # never fired
     assert grads[False] == (0.0, 0.0)
     assert grads[True][0] != 0.0 and grads[True][1] > 0.0
@@ -254,7 +274,8 @@ def test_resample_dead(arch, options, d_in, d_sae):
         loss = (x - sae(x)).pow(2).sum(1)
     assert loss[5] ** 2 > 1e6 * (loss.pow(2).sum() - loss[5] ** 2)
 
-    latent_dim = {n: 1 if n in sae.input_weights else 0 for n, _ in sae.named_parameters()}
+    encoders = [n for n in ("W_enc", "W_mag") if hasattr(sae, n)]  # [d_in, d_sae]: latents on 1
+    latent_dim = {n: 1 if n in encoders else 0 for n, _ in sae.named_parameters()}
     # Dead: latents whose moments are non-zero now, so that zeroing them shows.
     moving = opt.state[sae.W_dec]["exp_avg_sq"].sum(1) > 0
     dead = torch.nonzero(moving).flatten()[:3]
@@ -273,7 +294,7 @@ def test_resample_dead(arch, options, d_in, d_sae):
     direction = direction / direction.norm()
     enc_norm = before["W_enc"][:, alive].norm(dim=0).mean()
     torch.testing.assert_close(sae.W_dec[dead], direction.expand(len(dead), -1))
-    for name in sae.input_weights:
+    for name in encoders:
         torch.testing.assert_close(getattr(sae, name)[:, dead],
                                    0.2 * enc_norm * direction[:, None].expand(-1, len(dead)))
     for name, p in params.items():
@@ -299,7 +320,9 @@ def test_resampling_in_a_run_is_logged(tmp_path):
     # Strong L1 from the start kills latents; resampling every 4 steps revives them.
     fit(tmp_path / "out", [{"arch": "relu", "d_sae": D_SAE, "sparsity_coef": 50.0, "lr": 0.2,
                             "resample_every": 4}], steps=12, sparsity_warmup_fraction=0.0)
-    counts = [r.get("resampled") for r in read_log(tmp_path / "out")]
+    rows = read_log(tmp_path / "out")
+    assert list(rows[3])[-3:] == ["l0", "resampled", "dead_fraction"]
+    counts = [r.get("resampled") for r in rows]
     assert [c is not None for c in counts] == [(i + 1) % 4 == 0 for i in range(12)]
     assert sum(c for c in counts if c) > 0
 
@@ -355,8 +378,13 @@ def test_metrics_log_has_a_line_per_sae_per_log_step(trained):
     log_steps = [7, 14, 21, 28, 30]  # every 7 steps, and the last
     names = [s.name for s in cfg.saes]
     assert [(r["step"], r["sae"]) for r in rows] == [(t, n) for t in log_steps for n in names]
+    terms = {"relu": ["mse", "sparsity"], "gated": ["mse", "sparsity", "aux"],
+             "topk": ["fvu", "mse", "aux"], "batchtopk": ["fvu", "mse", "aux"],
+             "jumprelu": ["mse", "l0_penalty"]}
     for r in rows:
         sae_cfg = next(s for s in cfg.saes if s.name == r["sae"])
+        assert list(r) == ["step", "tokens", "sae", "lr", "sparsity_coef", "loss",
+                           *terms[sae_cfg.arch], "l0", "dead_fraction"]
         assert r["tokens"] == r["step"] * BATCH
         assert r["lr"] == pytest.approx(1e-2 * lr_factor(r["step"] - 1, 30, 5, 0.2))
         assert 0 <= r["dead_fraction"] <= 1 and 0 <= r["l0"] <= D_SAE

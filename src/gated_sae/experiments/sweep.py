@@ -31,7 +31,7 @@ from ..errors import ConfigError, DataError
 from ..evaluate.lm_metrics import lm_metrics
 from ..evaluate.metrics import activation_metrics
 from ..files import atomic_write_text
-from ..saes import architecture_options
+from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
 from .results import MEASURED, results_text
 
@@ -108,22 +108,6 @@ class SweepPoint:
     @property
     def variant(self) -> str:
         return variant_label(self.sae.arch, self.sae.options)
-
-
-def variant_label(arch: str, options: dict) -> str:
-    """A short name for an architecture with its non-default options, e.g. 'gated no b_mag'."""
-    parts = [arch]
-    if options.get("b_mag") is False:
-        parts.append("no b_mag")
-    if options.get("r_mag") is False:
-        parts.append("no r_mag")
-    if options.get("tied") is False:
-        parts.append("untied")
-    if options.get("ri_l1"):
-        parts.append("RI-L1")
-    if options.get("decoder_norm_l1"):
-        parts.append("decoder-norm L1")
-    return " ".join(parts)
 
 
 def _as_list(value) -> list:

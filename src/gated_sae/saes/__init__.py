@@ -1,6 +1,5 @@
 """The architectures, by name: `create_sae` makes one, `load_sae` reads a saved folder."""
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import ConfigError, DataError
-from .base import SAE, TrainOutput
+from .base import SAE, LossTerms, TrainOutput
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
@@ -25,17 +24,11 @@ ARCHITECTURES: dict[str, type[SAE]] = {
 }
 
 # Folders written by SAELens name their architecture in its own words.
-_FROM_SAELENS = {"standard": "relu", "gated": "gated", "topk": "topk", "jumprelu": "jumprelu"}
+_FROM_SAELENS = {cls.saelens_reads: cls for cls in ARCHITECTURES.values() if cls.saelens_reads}
 
 
-def architecture_options(arch: str) -> dict[str, object]:
-    """The options an architecture accepts, with their defaults."""
-    cls = _architecture(arch)
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-
-
-def _architecture(arch: str) -> type[SAE]:
+def sae_class(arch: str) -> type[SAE]:
+    """The class of architecture `arch`, which carries its facts (default lr, ...)."""
     if arch not in ARCHITECTURES:
         raise ConfigError(
             f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
@@ -43,9 +36,28 @@ def _architecture(arch: str) -> type[SAE]:
     return ARCHITECTURES[arch]
 
 
+def architecture_options(arch: str) -> dict[str, object]:
+    """The options an architecture accepts, with their defaults."""
+    return sae_class(arch).default_options()
+
+
+def variant_label(arch: str, options: dict) -> str:
+    """A short name for an architecture with its non-default options, e.g. 'gated no b_mag'."""
+    return sae_class(arch).variant_label(options)
+
+
+def variant_order() -> tuple[str, ...]:
+    """The variants reports know, in their order: each architecture, then its ablations."""
+    return tuple(
+        cls.variant_label(options)
+        for cls in ARCHITECTURES.values()
+        for options in ({}, *cls.ablations)
+    )
+
+
 def create_sae(arch: str, *, d_in: int, d_sae: int, **options) -> SAE:
     """A freshly initialised SAE: `arch` in relu, gated, topk, batchtopk, jumprelu."""
-    cls = _architecture(arch)
+    cls = sae_class(arch)
     for name, value in (("d_in", d_in), ("d_sae", d_sae)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -84,8 +96,8 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
         if ours:
             arch, options = ours["architecture"], ours["options"]
         elif cfg.get("architecture") in _FROM_SAELENS:
-            arch = _FROM_SAELENS[cfg["architecture"]]
-            options = {"k": cfg["k"]} if arch == "topk" else {}
+            cls = _FROM_SAELENS[cfg["architecture"]]
+            arch, options = cls.architecture, cls.saelens_options(cfg)
         else:
             raise DataError(
                 f"{cfg_file}: architecture {cfg.get('architecture')!r} is not one we read; "
@@ -107,52 +119,37 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
                 f"{weights_file}: {name} has shape {list(value.shape)}, "
                 f"expected {list(expected[name].shape)}"
             )
-    tensors = _fold_saelens_settings(cfg, cfg_file, arch, tensors)
-    dtype = tensors["W_dec"].dtype
-    sae.to(dtype)
-    sae.load_state_dict(tensors, strict=False)
-    if arch == "batchtopk":
-        sae.threshold_initialised.fill_(True)
+    tensors = _fold_saelens_settings(cfg, cfg_file, sae, tensors)
+    sae.to(tensors["W_dec"].dtype)
+    sae.load_saelens_tensors(tensors)
     return sae.to(device)
 
 
-def _fold_saelens_settings(cfg: dict, cfg_file: Path, arch: str, tensors: dict) -> dict:
-    """Fold SAELens settings that change inference into the weights, so that our encoder
-    (which always centres by b_dec and never rescales) gives SAELens's latents exactly."""
+def _fold_saelens_settings(cfg: dict, cfg_file: Path, sae: SAE, tensors: dict) -> dict:
+    """`tensors` with the SAELens settings that change inference folded in, in float64 and
+    back (`SAE.fold_saelens_settings`)."""
     norm = cfg.get("normalize_activations", "none")
     if norm in ("constant_norm_rescale", "layer_norm"):  # the others are identities at inference
         raise DataError(
             f"{cfg_file}: normalize_activations {norm!r} rescales each input at run time, "
             "which cannot be folded into the weights; accepted: none, expected_average_only_in"
         )
-    t = dict(tensors)
-
-    def f64(name: str) -> torch.Tensor:
-        return t[name].double()
-
-    if cfg.get("apply_b_dec_to_input", True) is False:
-        # SAELens computes `x W + b`; we compute `(x − b_dec) W + b'`, so `b' = b + b_dec W`.
-        shift = f64("b_dec") @ f64("W_enc")
-        if arch == "gated":  # the magnitude path uses W_enc·exp(r_mag)
-            t["b_gate"] = f64("b_gate") + shift
-            t["b_mag"] = f64("b_mag") + shift * f64("r_mag").exp()
-        else:
-            t["b_enc"] = f64("b_enc") + shift
-    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
-        # SAELens ranks `pre·‖W_dec,i‖` and decodes `(f/‖W_dec,i‖) W_dec`: unit rows do the same.
-        n = f64("W_dec").norm(dim=1)
-        t["W_enc"], t["b_enc"] = f64("W_enc") * n, f64("b_enc") * n
-        t["W_dec"] = f64("W_dec") / n[:, None]
-    return {k: v.to(tensors[k].dtype) for k, v in t.items()}
+    folded = {name: value.double() for name, value in tensors.items()}
+    sae.fold_saelens_settings(cfg, folded)
+    return {name: folded[name].to(value.dtype) for name, value in tensors.items()}
 
 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
+    "LossTerms",
     "TrainOutput",
     "architecture_options",
     "create_sae",
     "load_sae",
+    "sae_class",
+    "variant_label",
+    "variant_order",
     "BatchTopKSAE",
     "GatedSAE",
     "JumpReLUSAE",

@@ -3,11 +3,12 @@ folding, and the SAELens v6 folder format (see docs/formulas.md, "Shared pieces"
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,21 +22,38 @@ SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it u
 
 
 @dataclass
+class LossTerms:
+    """A step's loss terms, detached, under the names metrics.jsonl logs them by and in its
+    order; each architecture sets those its loss has, and the coefficients are not applied."""
+
+    fvu: torch.Tensor | None = None  # TopK: ‖x − x̂‖² / ‖x − E x‖², its reconstruction term
+    mse: torch.Tensor | None = None  # ‖x − x̂‖²
+    sparsity: torch.Tensor | None = None  # the L1 penalty that λ multiplies
+    l0_penalty: torch.Tensor | None = None  # JumpReLU: Σ_i H(z_i − θ_i), which λ multiplies
+    aux: torch.Tensor | None = None  # Gated: the auxiliary reconstruction; TopK: AuxK
+
+    def present(self) -> dict[str, torch.Tensor]:
+        """The terms set, by name, in the order of the fields."""
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {name: value for name, value in values if value is not None}
+
+
+@dataclass
 class TrainOutput:
-    """One training step's loss and its terms (detached, for logging), and what the trainer
-    tracks: which latents fired, the mean L0, and how many (token, latent) pairs the step's
-    sparse form works on (its measure of density). `latents` is the dense [batch, d_sae]
-    matrix, which only the dense step builds."""
+    """One training step's loss and its terms, and what the trainer tracks: which latents
+    fired, the mean L0, and how many (token, latent) pairs the step's sparse form works on
+    (its measure of density). `latents` is the dense [batch, d_sae] matrix, which only the
+    dense step builds."""
 
     loss: torch.Tensor
-    terms: dict[str, torch.Tensor]
+    terms: LossTerms
     fired: torch.Tensor
     l0: torch.Tensor
     active_pairs: int
     latents: torch.Tensor | None = None
 
     @classmethod
-    def dense(cls, loss, terms, latents: torch.Tensor, active_pairs) -> TrainOutput:
+    def dense(cls, loss, terms: LossTerms, latents: torch.Tensor, active_pairs) -> TrainOutput:
         firing = latents.detach() != 0
         l0 = firing.sum(-1).float().mean()
         return cls(loss, terms, firing.any(0), l0, int(active_pairs), latents)
@@ -50,16 +68,25 @@ class SAE(nn.Module):
     """A sparse autoencoder `x̂ = W_dec f(x) + b_dec` with encoders that see `x − b_dec`.
 
     Subclasses define `encode` (inference latents), `training_loss` and their options as
-    keyword-only arguments of `__init__`. Weights use SAELens names and shapes:
-    `W_enc` [d_in, d_sae], `W_dec` [d_sae, d_in].
+    keyword-only arguments of `__init__`, and the facts below that the trainer, the registry
+    and the reports read. Weights use SAELens names and shapes: `W_enc` [d_in, d_sae],
+    `W_dec` [d_sae, d_in].
     """
 
     architecture: ClassVar[str]  # name in our registry and in metadata
     saelens_architecture: ClassVar[str]  # name written to cfg.json
+    saelens_reads: ClassVar[str | None]  # the SAELens architecture read back as this class
     adam_betas: ClassVar[tuple[float, float]] = (0.0, 0.999)  # Gated/JumpReLU papers
-    uses_sparsity_coef: ClassVar[bool] = True
+    default_sparsity_coef: ClassVar[float]  # λ where a config names none
+    resamples_dead_latents: ClassVar[bool] = False  # takes Bricken et al.'s resampling
+    # The axis that indexes latents, for every parameter but b_dec that an option can give.
+    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0}
     # Parameters that multiply the (scaled) input: folding the input scale multiplies them by it.
     input_weights: ClassVar[tuple[str, ...]] = ("W_enc",)
+    # Boolean options that, switched from their default, name a variant: option → its label.
+    option_labels: ClassVar[dict[str, str]] = {}
+    # Option sets that reports list as this architecture's ablations, in their order.
+    ablations: ClassVar[tuple[dict, ...]] = ()
 
     def __init__(self, d_in: int, d_sae: int, options: dict):
         super().__init__()
@@ -69,6 +96,34 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.T.clone())
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    # --- what the architecture is ----------------------------------------------------------
+
+    @classmethod
+    def default_options(cls) -> dict[str, object]:
+        """The options the architecture accepts (`__init__`'s keyword-only arguments), with
+        their defaults."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+    @classmethod
+    def default_lr(cls, d_sae: int) -> float:
+        """3e-4, as in the Gated SAE paper (Rajamanoharan et al. 2024)."""
+        return 3e-4
+
+    @classmethod
+    def variant_label(cls, options: dict) -> str:
+        """A short name for the architecture with its non-default options, e.g. 'gated no b_mag'."""
+        defaults = cls.default_options()
+        switched = [label for option, label in cls.option_labels.items()
+                    if bool(options.get(option, defaults[option])) != defaults[option]]
+        return " ".join([cls.architecture, *switched])
+
+    def latent_parameters(self) -> list[tuple[str, nn.Parameter, int]]:
+        """(name, parameter, the axis that indexes latents) of each trained parameter but b_dec."""
+        trained = dict(self.named_parameters())
+        return [(name, trained[name], axis) for name, axis in self.latent_axes.items()
+                if name in trained]
 
     # --- the model -------------------------------------------------------------------------
 
@@ -164,6 +219,24 @@ class SAE(nn.Module):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
 
     @torch.no_grad()
+    def resample_latents_(self, latents: torch.Tensor, inputs: torch.Tensor) -> None:
+        """Restart `latents` from `inputs`, one each (Bricken et al. 2023): the decoder row
+        becomes the input's direction `d = (x − b_dec)/‖x − b_dec‖`, each input weight's column
+        `d × 0.2 × the alive latents' mean encoder norm`, every other latent parameter 0."""
+        directions = inputs - self.b_dec
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        alive = torch.ones(self.d_sae, dtype=torch.bool, device=inputs.device)
+        alive[latents] = False
+        enc_norm = self.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else 1.0
+        for name, p, axis in self.latent_parameters():
+            if name == "W_dec":
+                p.index_copy_(axis, latents, directions)
+            elif name in self.input_weights:
+                p.index_copy_(axis, latents, directions.T * (0.2 * enc_norm))
+            else:  # biases, r_mag, thresholds
+                p.index_fill_(axis, latents, 0.0)
+
+    @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
         """Turn an SAE trained on `scale·x` into one that maps raw `x` to raw `x̂`.
 
@@ -182,6 +255,26 @@ class SAE(nn.Module):
 
     def saelens_cfg(self) -> dict:
         return {}
+
+    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load the tensors `saelens_tensors` gives, as a folder holds them."""
+        self.load_state_dict(tensors)
+
+    @classmethod
+    def saelens_options(cls, cfg: dict) -> dict:
+        """Our options for a folder SAELens wrote (cfg.json without our metadata)."""
+        return {}
+
+    def fold_saelens_settings(self, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Fold the cfg.json settings that change inference into a folder's float64 `tensors`
+        (in place), so that our encoder, which always centres by b_dec and never rescales,
+        gives SAELens's latents exactly."""
+        if cfg.get("apply_b_dec_to_input", True) is False:
+            self.fold_uncentred_input(tensors)
+
+    def fold_uncentred_input(self, tensors: dict[str, torch.Tensor]) -> None:
+        """SAELens computes `x W + b`; we compute `(x − b_dec) W + b'`, so `b' = b + b_dec W`."""
+        tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write an SAELens v6 folder (cfg.json + sae_weights.safetensors), atomically."""

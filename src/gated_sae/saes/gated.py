@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import SAE, TrainOutput, squared_error
+from .base import SAE, LossTerms, TrainOutput, squared_error
 from .jumprelu import JumpReLUSAE
 from .sparse import pairs_above
 
@@ -84,6 +84,13 @@ class GatedSAE(SAE):
     """
 
     architecture = "gated"
+    saelens_reads = "gated"
+    default_sparsity_coef = 5.0
+    resamples_dead_latents = True
+    latent_axes = {**SAE.latent_axes, "W_mag": 1, "b_gate": 0, "b_mag": 0, "r_mag": 0}
+    option_labels = {"b_mag": "no b_mag", "r_mag": "no r_mag", "tied": "untied", "ri_l1": "RI-L1"}
+    # b_mag or r_mag fixed at zero, the untied encoder, SAELens's RI-L1 loss.
+    ablations = ({"b_mag": False}, {"r_mag": False}, {"tied": False}, {"ri_l1": True})
 
     def __init__(
         self,
@@ -126,6 +133,14 @@ class GatedSAE(SAE):
     def unit_norm_decoder(self) -> bool:
         return not self.ri_l1
 
+    def fold_uncentred_input(self, tensors: dict[str, torch.Tensor]) -> None:
+        """`b' = b + b_dec W` for both paths; tied, the magnitude path's W is W_gate·exp(r_mag)."""
+        t = tensors
+        shift = t["b_dec"] @ t["W_enc"]
+        t["b_gate"] = t["b_gate"] + shift
+        mag_shift = shift * t["r_mag"].exp() if self.tied else t["b_dec"] @ t["W_mag"]
+        t["b_mag"] = t["b_mag"] + mag_shift
+
     def gate_and_magnitude(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(π_gate, π_mag). Tied: one matmul serves both, since `x_c W_mag = (x_c W_gate) ⊙ e^r`."""
         x_c = x - self.b_dec
@@ -161,7 +176,7 @@ class GatedSAE(SAE):
             frozen = torch.addmm(self.b_dec.detach(), gate_acts, self.W_dec.detach())
             aux = squared_error(x, frozen)
         loss = mse + sparsity_coef * sparsity + aux
-        terms = {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": aux.detach()}
+        terms = LossTerms(mse=mse.detach(), sparsity=sparsity.detach(), aux=aux.detach())
         return TrainOutput.dense(loss, terms, f, (gate_acts > 0).sum())
 
     @torch.no_grad()
@@ -221,7 +236,7 @@ class GatedSAE(SAE):
             **mag_grads,
         )
         loss = mse + sparsity_coef * sparsity + aux
-        terms = {"mse": mse, "sparsity": sparsity, "aux": aux}
+        terms = LossTerms(mse=mse, sparsity=sparsity, aux=aux)
         return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))
 
     @torch.no_grad()

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from .base import SAE, TrainOutput, squared_error
+from .base import SAE, LossTerms, TrainOutput, squared_error
 from .sparse import pairs_above
 
 
@@ -60,8 +60,9 @@ class JumpReLUSAE(SAE):
     """
 
     architecture = "jumprelu"
-    saelens_architecture = "jumprelu"
-    input_weights = ("W_enc",)
+    saelens_architecture = saelens_reads = "jumprelu"
+    default_sparsity_coef = 0.5
+    latent_axes = {**SAE.latent_axes, "b_enc": 0, "threshold": 0}
 
     def __init__(
         self, d_in: int, d_sae: int, *, bandwidth: float = 0.001, threshold_init: float = 0.001
@@ -82,7 +83,7 @@ class JumpReLUSAE(SAE):
         mse = squared_error(x, self.decode(f))
         l0 = StepFunction.apply(z, threshold, self.bandwidth).sum(-1).mean()
         loss = mse + sparsity_coef * l0
-        terms = {"mse": mse.detach(), "l0_penalty": l0.detach()}
+        terms = LossTerms(mse=mse.detach(), l0_penalty=l0.detach())
         return TrainOutput.dense(loss, terms, f, (z > threshold - self.bandwidth).sum())
 
     @torch.no_grad()
@@ -115,7 +116,7 @@ class JumpReLUSAE(SAE):
         )
         l0 = fires.sum().to(z.dtype) / n
         loss = mse + sparsity_coef * l0
-        terms = {"mse": mse, "l0_penalty": l0}
+        terms = LossTerms(mse=mse, l0_penalty=l0)
         return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))
 
     @torch.no_grad()

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from .base import SAE, TrainOutput, squared_error
+from .base import SAE, LossTerms, TrainOutput, squared_error
 from .sparse import pairs_above
 
 
@@ -15,7 +15,11 @@ class ReLUSAE(SAE):
     """
 
     architecture = "relu"
-    saelens_architecture = "standard"
+    saelens_architecture = saelens_reads = "standard"
+    default_sparsity_coef = 5.0
+    resamples_dead_latents = True
+    latent_axes = {**SAE.latent_axes, "b_enc": 0}
+    option_labels = {"decoder_norm_l1": "decoder-norm L1"}
 
     def __init__(self, d_in: int, d_sae: int, *, decoder_norm_l1: bool = False):
         super().__init__(d_in, d_sae, {"decoder_norm_l1": decoder_norm_l1})
@@ -37,7 +41,7 @@ class ReLUSAE(SAE):
         else:
             sparsity = f.sum(-1).mean()
         loss = mse + sparsity_coef * sparsity
-        terms = {"mse": mse.detach(), "sparsity": sparsity.detach()}
+        terms = LossTerms(mse=mse.detach(), sparsity=sparsity.detach())
         return TrainOutput.dense(loss, terms, f, (f > 0).sum())
 
     @torch.no_grad()
@@ -70,5 +74,5 @@ class ReLUSAE(SAE):
             W_dec=grad_W_dec,
         )
         loss = mse + sparsity_coef * sparsity
-        terms = {"mse": mse, "sparsity": sparsity}
+        terms = LossTerms(mse=mse, sparsity=sparsity)
         return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))

@@ -1,12 +1,14 @@
 """TopK SAE with AuxK (Gao et al. 2024, arXiv 2406.04093) and BatchTopK (Bussmann et al. 2024,
 arXiv 2412.06410)."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import SAE, TrainOutput, squared_error
+from .base import SAE, LossTerms, TrainOutput, squared_error
 from .sparse import Pairs, encoded_blocks
 
 
@@ -24,9 +26,10 @@ class TopKSAE(SAE):
     """
 
     architecture = "topk"
-    saelens_architecture = "topk"
+    saelens_architecture = saelens_reads = "topk"
     adam_betas = (0.9, 0.999)  # Gao et al.
-    uses_sparsity_coef = False
+    default_sparsity_coef = 0.0  # unused: k sets the sparsity
+    latent_axes = {**SAE.latent_axes, "b_enc": 0}
 
     def __init__(
         self,
@@ -49,8 +52,27 @@ class TopKSAE(SAE):
         self.k, self.k_aux, self.aux_coef = k, k_aux, aux_coef
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
 
+    @classmethod
+    def default_lr(cls, d_sae: int) -> float:
+        """Gao et al. 2024: `2e-4 / √(d_sae / 2^14)`."""
+        return 2e-4 / math.sqrt(d_sae / 2**14)
+
     def saelens_cfg(self) -> dict:
         return {"k": self.k, "rescale_acts_by_decoder_norm": False}
+
+    @classmethod
+    def saelens_options(cls, cfg: dict) -> dict:
+        return {"k": cfg["k"]}
+
+    def fold_saelens_settings(self, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
+        super().fold_saelens_settings(cfg, tensors)
+        # SAELens ranks `pre·‖W_dec,i‖` and decodes `(f/‖W_dec,i‖) W_dec`: unit rows do the
+        # same. A setting of its topk only (BatchTopK is saved as a jumprelu, which has none).
+        if cfg.get("architecture") == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+            t = tensors
+            n = t["W_dec"].norm(dim=1)
+            t["W_enc"], t["b_enc"] = t["W_enc"] * n, t["b_enc"] * n
+            t["W_dec"] = t["W_dec"] / n[:, None]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre_activations(x)
@@ -79,7 +101,8 @@ class TopKSAE(SAE):
         aux = self.auxk_loss(pre, x - x_hat, dead_mask)
         loss = fvu + self.aux_coef * aux
         latents = torch.zeros_like(pre).scatter_(-1, indices, values.detach())
-        terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
+        mse = squared_error(x, x_hat).detach()
+        terms = LossTerms(fvu=fvu.detach(), mse=mse, aux=aux.detach())
         return TrainOutput.dense(loss, terms, latents, (values > 0).sum())
 
     def block_selection(self, pre: torch.Tensor, n_tokens: int):
@@ -143,7 +166,7 @@ class TopKSAE(SAE):
         )
         fvu = mse / variance
         loss = fvu + self.aux_coef * aux_loss
-        terms = {"fvu": fvu, "mse": mse, "aux": aux_loss}
+        terms = LossTerms(fvu=fvu, mse=mse, aux=aux_loss)
         return TrainOutput(loss, terms, pairs.fired(f), pairs.l0(f), len(pairs))
 
     def after_selection(self, kept: torch.Tensor) -> None:
@@ -160,6 +183,7 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
+    saelens_reads = None  # a SAELens jumprelu folder is a JumpReLU SAE
     threshold_momentum = 0.99
 
     def __init__(
@@ -184,6 +208,9 @@ class BatchTopKSAE(TopKSAE):
         del tensors["threshold_initialised"]
         return tensors
 
+    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_saelens_tensors({**tensors, "threshold_initialised": torch.tensor(True)})
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = self.pre_activations(x)
         return torch.relu(z) * (z > self.threshold)
@@ -199,7 +226,8 @@ class BatchTopKSAE(TopKSAE):
         fvu = normalized_squared_error(x, x_hat)
         aux = self.auxk_loss(pre, x - x_hat, dead_mask)
         loss = fvu + self.aux_coef * aux
-        terms = {"fvu": fvu.detach(), "mse": squared_error(x, x_hat).detach(), "aux": aux.detach()}
+        mse = squared_error(x, x_hat).detach()
+        terms = LossTerms(fvu=fvu.detach(), mse=mse, aux=aux.detach())
         return TrainOutput.dense(loss, terms, latents, (flat_values > 0).sum())
 
     def block_selection(self, pre, n_tokens):

@@ -5,7 +5,6 @@ steps on it. The trainer knows nothing of models or text: it takes any iterable 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -22,35 +21,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import ConfigError, DataError, GatedSAEError
 from ..files import atomic_write_text
-from ..saes import SAE, architecture_options, create_sae
+from ..saes import ARCHITECTURES, SAE, sae_class
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
+from .slot import PRECISIONS, STEPS, TrainingSlot
 
 SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
-STEPS = ("auto", "dense", "sparse")
-PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
-# Below this fraction of active (token, latent) pairs a sparse step beats a dense one.
-# CPU: measured on a 2-core EPYC (benchmarks/peers.py --crossover; relu, float32, d_in 576,
-# batch 4096): sparse/dense time at density 0.1 and 0.2 is 0.76 and 1.19 at d_sae 4608,
-# 0.82 and 1.65 at d_sae 18432, so the two cross near 0.16 and 0.12. CUDA: measured on an
-# H200 (benchmarks/gpu.sh; bf16, d_in 2304, d_sae 65536, batch 4096) before the sparse step
-# got CUDA-sized blocks and gathered dot products. Sparse/dense step time: relu 1.77 at
-# density 0.005 (b_enc set), 1.77 at 0.0005 and 0.94 at 0.00013 (trained), topk 0.93 at
-# 0.0005; so they crossed between 0.00013 and 0.0005. To be measured again with them
-# (gpu.sh reports the crossover).
-SPARSE_CROSSOVER = {"cpu": 0.12, "cuda": 0.0003}
-# ...and only for products of at least this many multiply-adds (batch·d_in·d_sae): below
-# it, the sparse step's few dozen small operations cost more than the matmuls they save.
-SPARSE_MIN_WORK = {"cpu": 1 << 28, "cuda": 1 << 32}
-DEFAULT_LR = 3e-4  # Rajamanoharan et al. 2024 (relu, gated)
-DEFAULT_SPARSITY_COEF = {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5}
-
-
-def default_lr(arch: str, d_sae: int) -> float:
-    """3e-4 as in the Gated SAE paper; TopK follows Gao et al.: `2e-4 / √(d_sae / 2^14)`."""
-    if arch in ("topk", "batchtopk"):
-        return 2e-4 / math.sqrt(d_sae / 2**14)
-    return DEFAULT_LR
 
 
 @dataclass
@@ -66,7 +42,8 @@ class SAEConfig:
     resample_every: int = 0  # steps between dead-latent resamplings (relu/gated), 0 = off
 
     def __post_init__(self):
-        accepted = architecture_options(self.arch)  # raises on an unknown architecture
+        architecture = sae_class(self.arch)  # raises on an unknown architecture
+        accepted = architecture.default_options()
         unknown = sorted(set(self.options) - set(accepted))
         if unknown:
             raise ConfigError(
@@ -74,16 +51,19 @@ class SAEConfig:
             )
         _positive_int("d_sae", self.d_sae)
         if self.lr is None:
-            self.lr = default_lr(self.arch, self.d_sae)
+            self.lr = architecture.default_lr(self.d_sae)
         if self.sparsity_coef is None:
-            self.sparsity_coef = DEFAULT_SPARSITY_COEF.get(self.arch, 0.0)
+            self.sparsity_coef = architecture.default_sparsity_coef
         _positive("lr", self.lr)
         if self.sparsity_coef < 0 or not math.isfinite(self.sparsity_coef):
             raise ConfigError(
                 f"sparsity_coef must be a finite number >= 0, got {self.sparsity_coef}"
             )
-        if self.resample_every and self.arch not in ("relu", "gated"):
-            raise ConfigError(f"resample_every applies to relu and gated, not {self.arch}")
+        if self.resample_every and not architecture.resamples_dead_latents:
+            resampling = [a for a, c in ARCHITECTURES.items() if c.resamples_dead_latents]
+            raise ConfigError(
+                f"resample_every applies to {' and '.join(resampling)}, not {self.arch}"
+            )
 
 
 @dataclass
@@ -175,124 +155,6 @@ def _positive_int(name: str, value) -> None:
 def _positive(name: str, value) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
-
-
-def init_seed(seed: int, cfg: SAEConfig, d_in: int) -> int:
-    """The seed of an SAE's initial weights: a function of the run seed and the SAE's shape
-    alone, so an SAE starts the same whichever SAEs share its run, and SAEs that differ
-    only in lr or sparsity coefficient start from the same weights."""
-    key = json.dumps([seed, cfg.arch, d_in, cfg.d_sae, cfg.options], sort_keys=True)
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
-
-
-class TrainingSlot:
-    """One SAE under training with its optimiser, dead-latent counter and step density."""
-
-    def __init__(
-        self, cfg: SAEConfig, d_in: int, device: str, seed: int, precision: str = "float32"
-    ):
-        self.cfg = cfg
-        self.device_type = torch.device(device).type
-        self.matmul_dtype = PRECISIONS[precision]
-        torch.manual_seed(init_seed(seed, cfg, d_in))
-        self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
-        self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8, fused=True
-        )
-        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
-        # Fraction of (token, latent) pairs the last step's sparse form touched: 1 before any.
-        self.density = 1.0
-
-    def state(self) -> dict:
-        return {
-            "sae": self.sae.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "tokens_since_fired": self.tokens_since_fired,
-            "density": self.density,
-        }
-
-    def load_state(self, state: dict) -> None:
-        self.sae.load_state_dict(state["sae"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.tokens_since_fired.copy_(state["tokens_since_fired"])
-        self.density = state["density"]
-
-    def choose_step(self, step: str, batch_size: int) -> str:
-        """`dense` or `sparse`: as forced, or (auto) whichever is cheaper at the density of
-        the previous batch, a function of the training state alone, so resuming repeats it."""
-        if step != "auto":
-            return step
-        work = batch_size * self.sae.d_in * self.sae.d_sae
-        sparse_pays = work >= SPARSE_MIN_WORK[self.device_type]
-        sparse_pays &= self.density < SPARSE_CROSSOVER[self.device_type]
-        return "sparse" if sparse_pays else "dense"
-
-    def step(
-        self,
-        x: torch.Tensor,
-        lr_scale: float,
-        coef_scale: float,
-        dead_tokens: int,
-        path: str = "dense",
-    ) -> dict:
-        """One optimiser step on a batch of scaled activations, on the `dense` or `sparse`
-        path (the same mathematics); returns detached terms."""
-        sae, opt = self.sae, self.optimizer
-        for group in opt.param_groups:
-            group["lr"] = self.cfg.lr * lr_scale
-        dead_mask = self.tokens_since_fired >= dead_tokens
-        coef = self.cfg.sparsity_coef * coef_scale
-        opt.zero_grad(set_to_none=True)
-        if path == "sparse":
-            out = sae.sparse_gradients(x, coef, dead_mask, self.matmul_dtype)
-        else:
-            precision = self.matmul_dtype or torch.float32
-            autocast = self.matmul_dtype is not None
-            with torch.autocast(self.device_type, dtype=precision, enabled=autocast):
-                out = sae.training_loss(x, coef, dead_mask)
-            out.loss.backward()
-        if sae.unit_norm_decoder:
-            sae.remove_parallel_decoder_grad_()
-        opt.step()
-        sae.after_step_()
-        self.tokens_since_fired += x.shape[0]
-        self.tokens_since_fired[out.fired] = 0
-        self.density = out.active_pairs / (x.shape[0] * sae.d_sae)
-        return {"loss": out.loss.detach(), **out.terms, "l0": out.l0}
-
-    @torch.no_grad()
-    def resample_dead(self, x: torch.Tensor, window_tokens: int, generator: torch.Generator) -> int:
-        """Bricken et al. 2023: latents silent for the whole window get a high-loss input as their
-        decoder row, the same direction × 0.2 × mean alive encoder norm as their encoder column,
-        zero biases, and fresh Adam state."""
-        dead = torch.nonzero(self.tokens_since_fired >= window_tokens).flatten()
-        if dead.numel() == 0:
-            return 0
-        sae = self.sae
-        per_input_loss = (x - sae(x)).pow(2).sum(-1)
-        weights = per_input_loss.pow(2).cpu()
-        if float(weights.sum()) <= 0:
-            return 0
-        picks = torch.multinomial(weights, dead.numel(), replacement=True, generator=generator)
-        directions = x[picks.to(x.device)] - sae.b_dec
-        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        alive = torch.ones(sae.d_sae, dtype=torch.bool, device=x.device)
-        alive[dead] = False
-        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else 1.0
-        sae.W_dec[dead] = directions
-        for name in sae.input_weights:
-            getattr(sae, name)[:, dead] = directions.T * (0.2 * enc_norm)
-        for name, p in sae.named_parameters():
-            if name == "b_dec":
-                continue
-            if p.ndim == 1:  # per-latent biases (and r_mag)
-                p[dead] = 0.0
-            latent_dim = 1 if name in sae.input_weights else 0  # W_enc is [d_in, d_sae]
-            for moment in ("exp_avg", "exp_avg_sq"):
-                if moment in self.optimizer.state.get(p, {}):
-                    self.optimizer.state[p][moment].index_fill_(latent_dim, dead, 0.0)
-        self.tokens_since_fired[dead] = 0
-        return int(dead.numel())
 
 
 def estimate_input_scale(sample: torch.Tensor) -> float:
@@ -393,17 +255,17 @@ class Trainer:
                 if cuda:
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-                terms = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens, path)
+                out = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens, path)
                 if cuda:
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - started
                 step_seconds[slot.cfg.name] += seconds
                 paths[slot.cfg.name][path]["steps"] += 1
                 paths[slot.cfg.name][path]["seconds"] += seconds
-                every = slot.cfg.resample_every
+                every, resampled = slot.cfg.resample_every, None
                 if every and (step + 1) % every == 0:
-                    terms["resampled"] = slot.resample_dead(x, every * cfg.batch_size, generator)
-                records.append((slot, terms))
+                    resampled = slot.resample_dead(x, every * cfg.batch_size, generator)
+                records.append((slot, out, resampled))
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 logger.log(
                     step + 1,
@@ -414,7 +276,7 @@ class Trainer:
                     cfg.dead_tokens,
                 )
                 bar.set_postfix_str(
-                    " ".join(f"{s.cfg.name}:L0={float(t['l0']):.1f}" for s, t in records[:3])
+                    " ".join(f"{s.cfg.name}:L0={float(o.l0):.1f}" for s, o, _ in records[:3])
                 )
             bar.update(1)
             done = step + 1
@@ -513,15 +375,19 @@ class _Logger:
             self.wandb = wandb.init(project=wandb_project, config=config)
 
     def log(self, step, tokens, lr_scale, coef_scale, records, dead_tokens) -> None:
-        for slot, terms in records:
+        for slot, out, resampled in records:
             row = {
                 "step": step,
                 "tokens": tokens,
                 "sae": slot.cfg.name,
                 "lr": slot.cfg.lr * lr_scale,
                 "sparsity_coef": slot.cfg.sparsity_coef * coef_scale,
+                "loss": float(out.loss),
             }
-            row.update({k: float(v) for k, v in terms.items()})
+            row.update({name: float(value) for name, value in out.terms.present().items()})
+            row["l0"] = float(out.l0)
+            if resampled is not None:
+                row["resampled"] = float(resampled)
             row["dead_fraction"] = float((slot.tokens_since_fired >= dead_tokens).float().mean())
             if not math.isfinite(row["loss"]):
                 raise GatedSAEError(

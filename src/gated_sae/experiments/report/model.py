@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from ...saes import ARCHITECTURES, variant_order
 from ..pareto import (
     Comparison,
     best_lr_rows,
@@ -17,18 +18,8 @@ from ..pareto import (
     summarize,
 )
 
-BASE_ARCHS = ("relu", "gated", "topk", "batchtopk", "jumprelu")
-VARIANT_ORDER = (
-    "relu",
-    "gated",
-    "gated no b_mag",
-    "gated no r_mag",
-    "gated untied",
-    "gated RI-L1",
-    "topk",
-    "batchtopk",
-    "jumprelu",
-)
+BASE_ARCHS = tuple(ARCHITECTURES)
+VARIANT_ORDER = variant_order()
 
 
 def finite(x) -> bool:

@@ -1,0 +1,137 @@
+"""One SAE under training: its optimiser, its dead-latent counter, and the choice each step
+between the dense and the sparse path (the same mathematics, saes/sparse.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..saes import SAE, TrainOutput, create_sae
+
+if TYPE_CHECKING:
+    from .trainer import SAEConfig
+
+STEPS = ("auto", "dense", "sparse")
+PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
+# Below this fraction of active (token, latent) pairs a sparse step beats a dense one.
+# CPU: measured on a 2-core EPYC (benchmarks/peers.py --crossover; relu, float32, d_in 576,
+# batch 4096): sparse/dense time at density 0.1 and 0.2 is 0.76 and 1.19 at d_sae 4608,
+# 0.82 and 1.65 at d_sae 18432, so the two cross near 0.16 and 0.12. CUDA: measured on an
+# H200 (benchmarks/gpu.sh; bf16, d_in 2304, d_sae 65536, batch 4096) before the sparse step
+# got CUDA-sized blocks and gathered dot products. Sparse/dense step time: relu 1.77 at
+# density 0.005 (b_enc set), 1.77 at 0.0005 and 0.94 at 0.00013 (trained), topk 0.93 at
+# 0.0005; so they crossed between 0.00013 and 0.0005. To be measured again with them
+# (gpu.sh reports the crossover).
+SPARSE_CROSSOVER = {"cpu": 0.12, "cuda": 0.0003}
+# ...and only for products of at least this many multiply-adds (batch·d_in·d_sae): below
+# it, the sparse step's few dozen small operations cost more than the matmuls they save.
+SPARSE_MIN_WORK = {"cpu": 1 << 28, "cuda": 1 << 32}
+
+
+def init_seed(seed: int, cfg: SAEConfig, d_in: int) -> int:
+    """The seed of an SAE's initial weights: a function of the run seed and the SAE's shape
+    alone, so an SAE starts the same whichever SAEs share its run, and SAEs that differ
+    only in lr or sparsity coefficient start from the same weights."""
+    key = json.dumps([seed, cfg.arch, d_in, cfg.d_sae, cfg.options], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
+
+
+class TrainingSlot:
+    """One SAE under training with its optimiser, dead-latent counter and step density."""
+
+    def __init__(
+        self, cfg: SAEConfig, d_in: int, device: str, seed: int, precision: str = "float32"
+    ):
+        self.cfg = cfg
+        self.device_type = torch.device(device).type
+        self.matmul_dtype = PRECISIONS[precision]
+        torch.manual_seed(init_seed(seed, cfg, d_in))
+        self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
+        self.optimizer = torch.optim.Adam(
+            self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8, fused=True
+        )
+        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        # Fraction of (token, latent) pairs the last step's sparse form touched: 1 before any.
+        self.density = 1.0
+
+    def state(self) -> dict:
+        return {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired,
+            "density": self.density,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.density = state["density"]
+
+    def choose_step(self, step: str, batch_size: int) -> str:
+        """`dense` or `sparse`: as forced, or (auto) whichever is cheaper at the density of
+        the previous batch, a function of the training state alone, so resuming repeats it."""
+        if step != "auto":
+            return step
+        work = batch_size * self.sae.d_in * self.sae.d_sae
+        sparse_pays = work >= SPARSE_MIN_WORK[self.device_type]
+        sparse_pays &= self.density < SPARSE_CROSSOVER[self.device_type]
+        return "sparse" if sparse_pays else "dense"
+
+    def step(
+        self,
+        x: torch.Tensor,
+        lr_scale: float,
+        coef_scale: float,
+        dead_tokens: int,
+        path: str = "dense",
+    ) -> TrainOutput:
+        """One optimiser step on a batch of scaled activations, on the `dense` or `sparse`
+        path (the same mathematics); returns its output with the loss detached and without
+        the dense latents."""
+        sae, opt = self.sae, self.optimizer
+        for group in opt.param_groups:
+            group["lr"] = self.cfg.lr * lr_scale
+        dead_mask = self.tokens_since_fired >= dead_tokens
+        coef = self.cfg.sparsity_coef * coef_scale
+        opt.zero_grad(set_to_none=True)
+        if path == "sparse":
+            out = sae.sparse_gradients(x, coef, dead_mask, self.matmul_dtype)
+        else:
+            precision = self.matmul_dtype or torch.float32
+            autocast = self.matmul_dtype is not None
+            with torch.autocast(self.device_type, dtype=precision, enabled=autocast):
+                out = sae.training_loss(x, coef, dead_mask)
+            out.loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_decoder_grad_()
+        opt.step()
+        sae.after_step_()
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[out.fired] = 0
+        self.density = out.active_pairs / (x.shape[0] * sae.d_sae)
+        return replace(out, loss=out.loss.detach(), latents=None)
+
+    @torch.no_grad()
+    def resample_dead(self, x: torch.Tensor, window_tokens: int, generator: torch.Generator) -> int:
+        """Bricken et al. 2023: latents silent for the whole window restart from inputs drawn
+        with probability ∝ loss² (`SAE.resample_latents_`), with fresh Adam state."""
+        dead = torch.nonzero(self.tokens_since_fired >= window_tokens).flatten()
+        if dead.numel() == 0:
+            return 0
+        per_input_loss = (x - self.sae(x)).pow(2).sum(-1)
+        weights = per_input_loss.pow(2).cpu()
+        if float(weights.sum()) <= 0:
+            return 0
+        picks = torch.multinomial(weights, dead.numel(), replacement=True, generator=generator)
+        self.sae.resample_latents_(dead, x[picks.to(x.device)])
+        for _, p, axis in self.sae.latent_parameters():
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in self.optimizer.state.get(p, {}):
+                    self.optimizer.state[p][moment].index_fill_(axis, dead, 0.0)
+        self.tokens_since_fired[dead] = 0
+        return int(dead.numel())
