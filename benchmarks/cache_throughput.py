@@ -39,7 +39,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy.lib.format
 import torch
 
 from gated_sae.data import cache as cache_module
@@ -105,9 +104,8 @@ def instrumented(lm, timers: Timers):
         (cache_module, "token_windows", "tokenize (token_windows)"),
         (cache_module, "_storage_array", "storage conversion + finite checks"),
         (cache_module, "_sha256_file", "sha256 of shard files"),
-        (cache_module, "_replace", "fsync + rename of shard files"),
+        (cache_module, "atomic_write_npy", "shard file writes (write, fsync, rename)"),
         (cache_module, "_write_json_atomic", "manifest writes (fsync)"),
-        (numpy.lib.format, "open_memmap", "create memmap file"),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, label in patches:
@@ -165,7 +163,7 @@ def run_cache(lm, args, n_tokens: int, dtype: str, windows: torch.Tensor) -> tup
     if manifest["config"]["tokens_sha256"] != expected or manifest["n_tokens"] != n_tokens:
         raise SystemExit("build_cache cached other windows than the bare forward ran on")
     breakdown = dict(timers.seconds)
-    breakdown["other (memmap copy, flush, token file, bookkeeping)"] = \
+    breakdown["other (progress bar, bookkeeping)"] = \
         used["wall"] - sum(timers.seconds.values())
     return used, breakdown
 

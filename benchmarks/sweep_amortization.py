@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from gated_sae.data.cache import cache_batches, load_cache
+from gated_sae.data.batches import cache_batches
+from gated_sae.data.cache import load_cache
 from gated_sae.train.trainer import SAEConfig, TrainConfig, Trainer
 
 

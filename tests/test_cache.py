@@ -16,12 +16,8 @@ import pytest
 import torch
 from conftest import _SENTENCES, save_tiny_model
 
-from gated_sae.data.cache import (
-    MANIFEST,
-    build_cache,
-    cache_batches,
-    load_cache,
-)
+from gated_sae.data.batches import cache_batches
+from gated_sae.data.cache import MANIFEST, build_cache, load_cache
 from gated_sae.data.corpus import token_windows
 from gated_sae.data.lm import load_model
 from gated_sae.errors import ConfigError, DataError

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from gated_sae import load_sae
 from gated_sae.cli import main
-from gated_sae.data.cache import load_activations_file, model_batches
+from gated_sae.data.activations_file import load_activations_file
+from gated_sae.data.batches import model_batches
 from gated_sae.data.corpus import token_windows
 from gated_sae.data.lm import load_model
 from gated_sae.evaluate.metrics import activation_metrics

@@ -550,7 +550,7 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(gated_sae.saes.base, "save_file", disk_full)
+    monkeypatch.setattr(gated_sae.saes.base, "safetensors_bytes", disk_full)
     for name in ("sae", "new"):
         with pytest.raises(OSError, match="disk full"):
             first.save(tmp_path / name)

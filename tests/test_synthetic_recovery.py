@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from gated_sae.data.cache import ShuffledBatches
+from gated_sae.data.batches import ShuffledBatches
 from gated_sae.data.synthetic import SyntheticFeatures
 from gated_sae.evaluate.metrics import activation_metrics, mmcs
 from gated_sae.train.trainer import TrainConfig, Trainer

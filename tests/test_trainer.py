@@ -15,7 +15,7 @@ import torch
 
 import gated_sae.train.trainer as trainer_module
 from gated_sae import ConfigError, DataError, GatedSAEError, load_sae
-from gated_sae.data.cache import ShuffledBatches
+from gated_sae.data.batches import ShuffledBatches
 from gated_sae.data.synthetic import SyntheticFeatures
 from gated_sae.evaluate.metrics import activation_metrics
 from gated_sae.train.schedules import lr_factor, sparsity_factor

@@ -7,7 +7,7 @@ import os
 # when torch first loads, so it takes effect only if gated_sae is imported before torch.
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
-from .errors import ConfigError, DataError, GatedSAEError
+from .errors import ConfigError, DataError, GatedSAEError, WriteError
 from .saes import ARCHITECTURES, SAE, architecture_options, create_sae, load_sae
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "GatedSAEError",
+    "WriteError",
     "architecture_options",
     "create_sae",
     "load_sae",

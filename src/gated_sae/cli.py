@@ -291,13 +291,9 @@ def _train_config(args: argparse.Namespace):
 
 def _train_source(args: argparse.Namespace, config) -> tuple[Any, dict]:
     """The batches to train on and the metadata they give the SAE folders."""
-    from .data.cache import (
-        ShuffledBatches,
-        cache_batches,
-        load_activations_file,
-        load_cache,
-        model_batches,
-    )
+    from .data.activations_file import load_activations_file
+    from .data.batches import ShuffledBatches, cache_batches, model_batches
+    from .data.cache import load_cache
 
     if args.acts is not None:
         _check_model_flags_unused(args)
@@ -385,7 +381,8 @@ def _cache_rows(cache, tokens: int | None, batch_size: int) -> Iterator:
 
 
 def _eval_acts(args: argparse.Namespace, sae) -> dict:
-    from .data.cache import load_activations_file, load_cache
+    from .data.activations_file import load_activations_file
+    from .data.cache import load_cache
     from .evaluate.metrics import activation_metrics
 
     _check_model_flags_unused(args)

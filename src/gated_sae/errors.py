@@ -11,3 +11,8 @@ class ConfigError(GatedSAEError):
 
 class DataError(GatedSAEError):
     """Missing, corrupt or unusable input data (files, tensors, caches)."""
+
+
+class WriteError(GatedSAEError):
+    """An output that could not be written for want of space: a full disk or quota, or a
+    file larger than the file system or a file-size limit allows."""

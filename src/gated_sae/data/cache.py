@@ -1,14 +1,12 @@
-"""Activations: single tensor files, the sharded activation cache, shuffled batches of either,
-and shuffled batches streamed from a model without a cache."""
+"""The activation cache: a folder of shards and a manifest, written by `build_cache` (which
+resumes a cut-short run) and read by `load_cache`, memory-mapped."""
 
 from __future__ import annotations
 
 import bisect
 import functools
 import hashlib
-import itertools
 import json
-import math
 import os
 import platform
 from collections.abc import Iterator
@@ -22,90 +20,16 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
-from ..files import TMP_SUFFIX, atomic_write_text, fsync_path, replace_durably
+from ..files import TMP_SUFFIX, atomic_write_npy, atomic_write_text, writing_to
+from .activations_file import check_finite
 from .corpus import (
     DEFAULT_DATASET,
     check_context_size,
     check_dataset,
     describe_dataset,
-    iter_windows,
-    special_token_ids,
     token_windows,
     windows_for_tokens,
 )
-
-ACTIVATION_FILE_SUFFIXES = (".npy", ".safetensors", ".pt")
-
-
-def load_activations_file(path: str | os.PathLike) -> torch.Tensor:
-    """One [N, d_in] float tensor from a `.npy`, `.safetensors` (one tensor) or `.pt` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"activations file {path} does not exist")
-    try:
-        if path.suffix == ".npy":
-            acts = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(path)
-            if len(tensors) != 1:
-                raise DataError(f"{path} holds {len(tensors)} tensors; expected exactly one")
-            (acts,) = tensors.values()
-        elif path.suffix == ".pt":
-            acts = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise DataError(
-                f"unsupported activations file {path}; accepted: "
-                f"{', '.join(ACTIVATION_FILE_SUFFIXES)} or a cache folder"
-            )
-    except DataError:
-        raise
-    except Exception as e:  # any reader's failure means the file is unreadable
-        raise DataError(f"cannot read activations file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(acts, torch.Tensor) or acts.ndim != 2 or not acts.is_floating_point():
-        shape = list(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
-        raise DataError(f"{path} must hold one 2-D float tensor [N, d_in], got {shape}")
-    check_finite(acts, str(path))
-    return acts
-
-
-def check_finite(acts: torch.Tensor, where: str) -> None:
-    if not bool(torch.isfinite(acts).all()):
-        bad = int((~torch.isfinite(acts)).any(-1).sum())
-        raise DataError(f"{where} contains NaN or Inf in {bad} rows; activations must be finite")
-
-
-class ShuffledBatches:
-    """Batches of rows of an in-memory [N, d_in] tensor, reshuffled every epoch from a seed.
-
-    `iter_from(step)` starts at any step without reading the batches before it, so a resumed
-    run sees exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, acts: torch.Tensor, batch_size: int, seed: int = 0):
-        if batch_size > acts.shape[0]:
-            raise DataError(
-                f"batch size {batch_size} is larger than the {acts.shape[0]} activations given"
-            )
-        self.acts, self.batch_size, self.seed = acts, batch_size, seed
-        self.per_epoch = acts.shape[0] // batch_size
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.acts.shape[0], generator=gen)
-
-    def iter_from(self, step: int) -> Iterator[torch.Tensor]:
-        epoch, offset = divmod(step, self.per_epoch)
-        while True:
-            order = self._order(epoch)
-            for i in range(offset, self.per_epoch):
-                yield self.acts[order[i * self.batch_size : (i + 1) * self.batch_size]]
-            epoch, offset = epoch + 1, 0
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self.iter_from(0)
-
 
 # --- the activation cache -----------------------------------------------------------------
 #
@@ -114,9 +38,10 @@ class ShuffledBatches:
 #   shard_00000.tokens.npy       int32 [n_seq_shard, context_size]: the token windows
 #   shard_00000.acts.npy         [n_seq_shard, context_size, d_in]: float32, float16, or
 #                                bfloat16 stored as its raw uint16 bits (numpy has no bfloat16)
-# Plain .npy files memory-map without copying, whatever their size. Each shard is written
+# Plain .npy files memory-map without copying, whatever their size. Each shard file is written
 # under a temporary name and renamed into place, then the manifest is rewritten the same way,
-# so a killed run leaves complete shards that a rerun with the same arguments keeps.
+# so a killed run, or one that ran out of space, leaves the complete shards its manifest lists,
+# and a rerun with the same arguments keeps them.
 
 MANIFEST = "manifest.json"
 PROBE_POSITIONS = 8  # tokens of the probe forward that checks the site before any write
@@ -143,12 +68,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    """Rename `tmp` over `final` after flushing it to disk, so `final` is whole or absent."""
-    fsync_path(tmp)
-    replace_durably(tmp, final)
-
-
 def _write_json_atomic(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -158,7 +77,8 @@ def _model_label(lm: Any) -> str:
     return os.path.abspath(name) if os.path.exists(name) else name
 
 
-def _check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any) -> None:
+    """ConfigError unless `value`, a size or count, is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} {value!r} is not accepted; accepted: an integer >= 1")
 
@@ -244,9 +164,9 @@ def build_cache(
     if dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache dtype {dtype!r} is not accepted; accepted: "
                           f"{', '.join(CACHE_DTYPES)}")
-    _check_positive("n_tokens", n_tokens)
-    _check_positive("shard_tokens", shard_tokens)
-    _check_positive("batch_size", batch_size)
+    check_positive("n_tokens", n_tokens)
+    check_positive("shard_tokens", shard_tokens)
+    check_positive("batch_size", batch_size)
     check_context_size(context_size, lm.n_ctx)
     check_dataset(dataset)
     out = Path(out)
@@ -278,7 +198,8 @@ def build_cache(
     }
     manifest = _check_resumable(out, config)
 
-    out.mkdir(parents=True, exist_ok=True)
+    with writing_to(out):
+        out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by a killed run
         stale.unlink()
     if manifest is None:
@@ -331,29 +252,25 @@ def _write_shard(
     batch: int, bar: tqdm,
 ) -> dict:
     """Write one shard's token and activation files atomically; return its manifest entry."""
-    from numpy.lib.format import open_memmap
-
     n, ctx, d_in, dtype = rows.shape[0], config["context_size"], config["d_in"], config["dtype"]
     names = {"tokens": f"shard_{index:05d}.tokens.npy", "acts": f"shard_{index:05d}.acts.npy"}
-    tmp = {kind: out / f".{name}{TMP_SUFFIX}" for kind, name in names.items()}
-    with tmp["tokens"].open("wb") as f:
-        np.save(f, rows.numpy())
-    acts = open_memmap(tmp["acts"], mode="w+", dtype=CACHE_DTYPES[dtype][0], shape=(n, ctx, d_in))
-    for start in range(0, n, batch):
-        ids = rows[start:start + batch].long()
-        got = lm.activations(ids, site)
-        where = f"activations of {site} for cache shard {index}"
-        acts[start:start + ids.shape[0]] = _storage_array(got, dtype, where)
-        bar.update(ids.numel())
-    acts.flush()
-    del acts
+
+    def activations() -> Iterator[np.ndarray]:
+        for start in range(0, n, batch):
+            ids = rows[start:start + batch].long()
+            got = lm.activations(ids, site)
+            yield _storage_array(got, dtype, f"activations of {site} for cache shard {index}")
+            bar.update(ids.numel())
+
+    # The large file first: where space runs out, it is likely to be while writing it, and
+    # then no file of this shard is in place yet (the manifest lists only whole shards).
+    atomic_write_npy(out / names["acts"], (n, ctx, d_in), CACHE_DTYPES[dtype][0], activations())
+    atomic_write_npy(out / names["tokens"], (n, ctx), np.int32, [rows.numpy()])
     entry: dict[str, Any] = {"n_seq": n}
     for kind, name in names.items():
         entry[kind] = name
-        entry[f"{kind}_bytes"] = tmp[kind].stat().st_size
-        entry[f"{kind}_sha256"] = _sha256_file(tmp[kind])
-    for kind, name in names.items():
-        _replace(tmp[kind], out / name)
+        entry[f"{kind}_bytes"] = (out / name).stat().st_size
+        entry[f"{kind}_sha256"] = _sha256_file(out / name)
     return entry
 
 
@@ -511,190 +428,3 @@ def load_cache(path: str | os.PathLike) -> ActivationCache:
         else:
             shards.append(torch.from_numpy(acts))
     return ActivationCache(path, manifest, tokens, ShardedActivations(shards))
-
-
-# --- shuffled batches from a cache ---------------------------------------------------------
-
-
-class CacheBatches:
-    """Shuffled float32 batches [batch_size, d_in] of a cache's token activations.
-
-    Each epoch visits every token (BOS positions excluded when `skip_bos`) once, in an order
-    fixed by the seed: the windows are cut into blocks, the blocks are permuted, consecutive
-    blocks fill a shuffle buffer of about `buffer_tokens` tokens, and the tokens within a buffer
-    are permuted. Blocks are read whole, so reads from the memory-mapped shards are sequential.
-    Buffer sizes are known without reading, so `iter_from(step)` starts at any step by reading
-    only the buffers that step needs. The last partial batch of an epoch is dropped.
-    """
-
-    BLOCKS_PER_BUFFER = 16
-
-    def __init__(
-        self, cache: ActivationCache, batch_size: int, seed: int = 0, *,
-        skip_bos: bool = True, buffer_tokens: int = 1 << 18,
-    ):
-        _check_positive("batch_size", batch_size)
-        _check_positive("buffer_tokens", buffer_tokens)
-        self.cache, self.batch_size, self.seed, self.skip_bos = cache, batch_size, seed, skip_bos
-        self.per_window = cache.context_size - 1 if skip_bos else cache.context_size
-        total = cache.n_seq * self.per_window
-        if batch_size > total:
-            raise DataError(f"batch size {batch_size} is larger than the {total} activations in "
-                            f"cache {cache.path}")
-        self.per_epoch = total // batch_size
-        buffer_windows = max(1, buffer_tokens // self.per_window)
-        self.block_windows = max(1, buffer_windows // self.BLOCKS_PER_BUFFER)
-        self.blocks_per_buffer = max(1, buffer_windows // self.block_windows)
-        self.n_blocks = math.ceil(cache.n_seq / self.block_windows)
-
-    def _plan(self, epoch: int) -> list[np.ndarray]:
-        """The blocks of each shuffle buffer of `epoch`, in order."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
-        return [order[i:i + self.blocks_per_buffer]
-                for i in range(0, self.n_blocks, self.blocks_per_buffer)]
-
-    def _tokens_in(self, blocks: np.ndarray) -> int:
-        n_seq = self.cache.n_seq
-        windows = sum(min(n_seq, (b + 1) * self.block_windows) - b * self.block_windows
-                      for b in blocks.tolist())
-        return windows * self.per_window
-
-    def _buffer(self, epoch: int, index: int, blocks: np.ndarray) -> torch.Tensor:
-        parts = []
-        for b in blocks.tolist():
-            rows = self.cache.activations.rows(b * self.block_windows,
-                                               (b + 1) * self.block_windows)
-            if self.skip_bos:
-                rows = rows[:, 1:]
-            parts.append(rows.reshape(-1, rows.shape[-1]))
-        flat = torch.cat(parts)
-        order = np.random.default_rng([self.seed, epoch, index]).permutation(flat.shape[0])
-        return flat[torch.from_numpy(order)]
-
-    def iter_from(self, step: int) -> Iterator[torch.Tensor]:
-        """The batches from `step` on, exactly those an iteration from 0 would give there."""
-        bs = self.batch_size
-        epoch, k = divmod(step, self.per_epoch)
-        while True:
-            plan = self._plan(epoch)
-            ends = np.cumsum([self._tokens_in(blocks) for blocks in plan])
-            position = k * bs
-            b = int(np.searchsorted(ends, position, side="right"))
-            pending = self._buffer(epoch, b, plan[b])[position - (ends[b - 1] if b else 0):]
-            for _ in range(k, self.per_epoch):
-                while pending.shape[0] < bs:
-                    b += 1
-                    pending = torch.cat([pending, self._buffer(epoch, b, plan[b])])
-                yield pending[:bs].to(torch.float32)
-                pending = pending[bs:]
-            epoch, k = epoch + 1, 0
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self.iter_from(0)
-
-
-def cache_batches(
-    cache: ActivationCache | str | os.PathLike, batch_size: int, seed: int = 0, *,
-    skip_bos: bool = True, buffer_tokens: int = 1 << 18,
-) -> CacheBatches:
-    """Shuffled float32 batches of a cache (an ActivationCache or its folder): see CacheBatches."""
-    if not isinstance(cache, ActivationCache):
-        cache = load_cache(cache)
-    return CacheBatches(cache, batch_size, seed, skip_bos=skip_bos, buffer_tokens=buffer_tokens)
-
-
-# --- shuffled batches streamed from a model (no cache) -------------------------------------
-
-
-class ModelBatches:
-    """Shuffled float32 batches [batch_size, d_in] of `lm`'s activations at `site`, computed
-    on the fly from the train windows of `dataset`: nothing is written to disk.
-
-    The train windows are read in order, over and over (one epoch is one pass over the
-    corpus), and cut into chunks of `buffer_tokens // per_window` windows (at least one). Each
-    chunk goes through the model `lm_batch_size` windows per forward; its activations (BOS
-    positions dropped when `skip_bos`) form a shuffle buffer permuted by a generator seeded
-    with (seed, chunk index). The permuted chunks, one after another, are cut into batches, so
-    one forward pass feeds every SAE that steps on a batch.
-
-    Every chunk holds the same number of tokens, so `iter_from(step)` knows the chunk a step
-    starts in. It skips the windows before that chunk by tokenizing them (no forward pass),
-    then recomputes that chunk: a resumed run sees exactly the batches an uninterrupted one
-    would, at the cost of re-reading the text it skips.
-    """
-
-    def __init__(
-        self, lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096,
-        seed: int = 0, *, context_size: int = 128, lm_batch_size: int = 32,
-        buffer_tokens: int = 1 << 18, text_field: str = "text", skip_bos: bool = True,
-    ):
-        for name, value in (("batch_size", batch_size), ("lm_batch_size", lm_batch_size),
-                            ("buffer_tokens", buffer_tokens)):
-            _check_positive(name, value)
-        check_context_size(context_size, lm.n_ctx)
-        check_dataset(dataset)
-        self.lm, self.site, self.dataset, self.text_field = lm, site, dataset, text_field
-        self.batch_size, self.seed, self.skip_bos = batch_size, seed, skip_bos
-        self.context_size, self.lm_batch_size = context_size, lm_batch_size
-        self.bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
-        probe = lm.activations(torch.tensor([[self.bos, self.bos]]), site)  # bad site fails here
-        if probe.ndim != 3 or probe.shape[:2] != (1, 2):
-            raise ConfigError(f"site {site!r} gives activations of shape {list(probe.shape)}; "
-                              "expected [batch, tokens, d]")
-        self.d_in = int(probe.shape[-1])
-        self.per_window = context_size - 1 if skip_bos else context_size
-        self.chunk_windows = max(1, buffer_tokens // self.per_window)
-        self.chunk_tokens = self.chunk_windows * self.per_window
-
-    def _windows(self) -> Iterator[list[int]]:
-        """The train windows of the corpus, epoch after epoch, without end."""
-        while True:
-            count = 0
-            for window in iter_windows(
-                self.lm.tokenizer, self.dataset, context_size=self.context_size,
-                text_field=self.text_field, split="train", bos_token_id=self.bos,
-            ):
-                count += 1
-                yield window
-            if count == 0:
-                raise DataError(f"dataset {self.dataset!r} has too little text for one train "
-                                f"window of {self.context_size} tokens")
-
-    def _chunk(self, windows: Iterator[list[int]], index: int) -> torch.Tensor:
-        ids = torch.tensor(list(itertools.islice(windows, self.chunk_windows)))
-        first = 1 if self.skip_bos else 0
-        parts = []
-        for start in range(0, len(ids), self.lm_batch_size):
-            acts = self.lm.activations(ids[start:start + self.lm_batch_size], self.site)
-            where = f"activations of {self.site} on training windows"
-            check_finite(acts, where)
-            parts.append(acts[:, first:].reshape(-1, acts.shape[-1]).float())
-        flat = torch.cat(parts)
-        order = np.random.default_rng([self.seed, index]).permutation(flat.shape[0])
-        return flat[torch.from_numpy(order).to(flat.device)]
-
-    def iter_from(self, step: int) -> Iterator[torch.Tensor]:
-        """The batches from `step` on, exactly those an iteration from 0 would give there."""
-        bs = self.batch_size
-        index, offset = divmod(step * bs, self.chunk_tokens)
-        windows = self._windows()
-        for _ in itertools.islice(windows, index * self.chunk_windows):
-            pass
-        pending = self._chunk(windows, index)[offset:]
-        while True:
-            while pending.shape[0] < bs:
-                index += 1
-                pending = torch.cat([pending, self._chunk(windows, index)])
-            yield pending[:bs]
-            pending = pending[bs:]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self.iter_from(0)
-
-
-def model_batches(
-    lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096, seed: int = 0,
-    **options: Any,
-) -> ModelBatches:
-    """Shuffled float32 batches streamed from `lm` at `site`: see ModelBatches."""
-    return ModelBatches(lm, site, dataset, batch_size, seed, **options)

@@ -8,11 +8,10 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, atomic_write_npy
 
 SYNTHETIC_SUFFIXES = (".npy", ".safetensors", ".pt")
 _CHUNK_ELEMENTS = 1 << 22  # bounds the [rows, G] working tensors of `sample`
@@ -165,9 +164,11 @@ def write_synthetic(
     )
     x = data.sample(n).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(features_path(path), lambda fh: np.save(fh, data.features.numpy()))
+    features = data.features.numpy()
+    atomic_write_npy(features_path(path), features.shape, features.dtype, [features])
     if path.suffix == ".npy":
-        atomic_write_bytes(path, lambda fh: np.save(fh, x.numpy()))
+        rows = x.numpy()
+        atomic_write_npy(path, rows.shape, rows.dtype, [rows])
     elif path.suffix == ".safetensors":
         from safetensors.torch import save
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.cache import build_cache, cache_batches, load_cache
+from ..data.batches import cache_batches
+from ..data.cache import build_cache, load_cache
 from ..data.corpus import token_windows
 from ..data.lm import load_model
 from ..evaluate.lm_metrics import lm_metrics

@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from .. import __version__
-from ..data.cache import build_cache, cache_batches, load_cache
+from ..data.batches import cache_batches
+from ..data.cache import build_cache, load_cache
 from ..data.corpus import token_windows
 from ..errors import ConfigError, DataError
 from ..evaluate.lm_metrics import lm_metrics

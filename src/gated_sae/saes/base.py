@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..files import umask_mode
+from ..files import umask_mode, writing_to
 
 SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it unchanged
 
@@ -296,17 +296,18 @@ class SAE(nn.Module):
             },
         }
         tensors = {k: v.contiguous().cpu() for k, v in self.saelens_tensors().items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            save_file(tensors, tmp / "sae_weights.safetensors")
-            (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
-            # mkdtemp (and safetensors' writer) make them owner-only; give open()'s modes
-            os.chmod(tmp / "sae_weights.safetensors", umask_mode(0o666))
-            os.chmod(tmp, umask_mode(0o777))
-            replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with writing_to(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            try:
+                # Written from Python, so that a full disk is an OSError with its errno
+                # (safetensors' own file writer reports it without one).
+                (tmp / "sae_weights.safetensors").write_bytes(safetensors_bytes(tensors))
+                (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+                os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it owner-only
+                replace_dir(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
 

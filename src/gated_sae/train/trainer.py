@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..data.batches import BatchStream
 from ..errors import ConfigError, DataError, GatedSAEError
-from ..files import atomic_write_text
+from ..files import append_whole, atomic_write_text
 from ..saes import ARCHITECTURES, SAE, sae_class
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
@@ -200,7 +201,7 @@ class Trainer:
         start = resume["step"] if resume else 0
         stream = (
             batches.iter_from(start)
-            if hasattr(batches, "iter_from")
+            if isinstance(batches, BatchStream)
             else islice(iter(batches), start, None)
         )
         stream = iter(stream)
@@ -241,54 +242,57 @@ class Trainer:
         paths = {s.cfg.name: {p: {"steps": 0, "seconds": 0.0} for p in STEPS[1:]} for s in slots}
         cuda = torch.device(cfg.device).type == "cuda"
         loop_started = time.perf_counter()
-        for step in range(start, cfg.steps):
-            if step > start:
-                batch = self._next_batch(stream, step)
-            if batch.shape[1] != d_in:
-                raise DataError(f"batch {step} has d_in {batch.shape[1]}, earlier batches {d_in}")
-            x = batch.to(cfg.device, torch.float32, non_blocking=True) * scale
-            lr_scale = lr_factor(step, cfg.steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
-            coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
-            records = []
-            for slot in slots:
-                path = slot.choose_step(cfg.step, cfg.batch_size)
-                if cuda:
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                out = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens, path)
-                if cuda:
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - started
-                step_seconds[slot.cfg.name] += seconds
-                paths[slot.cfg.name][path]["steps"] += 1
-                paths[slot.cfg.name][path]["seconds"] += seconds
-                every, resampled = slot.cfg.resample_every, None
-                if every and (step + 1) % every == 0:
-                    resampled = slot.resample_dead(x, every * cfg.batch_size, generator)
-                records.append((slot, out, resampled))
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                logger.log(
-                    step + 1,
-                    (step + 1) * cfg.batch_size,
-                    lr_scale,
-                    coef_scale,
-                    records,
-                    cfg.dead_tokens,
-                )
-                bar.set_postfix_str(
-                    " ".join(f"{s.cfg.name}:L0={float(o.l0):.1f}" for s, o, _ in records[:3])
-                )
-            bar.update(1)
-            done = step + 1
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                self._save_checkpoint(done, scale, slots, generator)
+        # Closed before an error propagates, so that the error is not printed onto the bar.
+        with bar:
+            for step in range(start, cfg.steps):
+                if step > start:
+                    batch = self._next_batch(stream, step)
+                if batch.shape[1] != d_in:
+                    raise DataError(
+                        f"batch {step} has d_in {batch.shape[1]}, earlier batches {d_in}"
+                    )
+                x = batch.to(cfg.device, torch.float32, non_blocking=True) * scale
+                lr_scale = lr_factor(step, cfg.steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
+                coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
+                records = []
+                for slot in slots:
+                    path = slot.choose_step(cfg.step, cfg.batch_size)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    started = time.perf_counter()
+                    out = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens, path)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    seconds = time.perf_counter() - started
+                    step_seconds[slot.cfg.name] += seconds
+                    paths[slot.cfg.name][path]["steps"] += 1
+                    paths[slot.cfg.name][path]["seconds"] += seconds
+                    every, resampled = slot.cfg.resample_every, None
+                    if every and (step + 1) % every == 0:
+                        resampled = slot.resample_dead(x, every * cfg.batch_size, generator)
+                    records.append((slot, out, resampled))
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    logger.log(
+                        step + 1,
+                        (step + 1) * cfg.batch_size,
+                        lr_scale,
+                        coef_scale,
+                        records,
+                        cfg.dead_tokens,
+                    )
+                    bar.set_postfix_str(
+                        " ".join(f"{s.cfg.name}:L0={float(o.l0):.1f}" for s, o, _ in records[:3])
+                    )
+                bar.update(1)
+                done = step + 1
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                    self._save_checkpoint(done, scale, slots, generator)
         timing = {
             "steps": cfg.steps - start,
             "wall_seconds": time.perf_counter() - loop_started,
             "step_seconds": step_seconds,
             "paths": paths,
         }
-        bar.close()
         logger.close()
         result = {}
         for slot in slots:
@@ -363,7 +367,7 @@ class _Logger:
     """Per-step metrics as JSON lines (one per SAE), and to wandb when asked."""
 
     def __init__(self, path: Path, wandb_project: str | None, config: dict):
-        self.file = path.open("a")
+        self.path = path
         self.wandb = None
         if wandb_project:
             try:
@@ -375,6 +379,7 @@ class _Logger:
             self.wandb = wandb.init(project=wandb_project, config=config)
 
     def log(self, step, tokens, lr_scale, coef_scale, records, dead_tokens) -> None:
+        lines = []
         for slot, out, resampled in records:
             row = {
                 "step": step,
@@ -394,14 +399,13 @@ class _Logger:
                     f"SAE {slot.cfg.name} diverged (loss {row['loss']}) at step {step}; "
                     "lower its lr"
                 )
-            self.file.write(json.dumps(row) + "\n")
+            lines.append(json.dumps(row) + "\n")
             if self.wandb is not None:
                 self.wandb.log(
                     {f"{slot.cfg.name}/{k}": v for k, v in row.items() if k != "sae"}, step=step
                 )
-        self.file.flush()
+        append_whole(self.path, "".join(lines))  # a step's lines whole, or none of them
 
     def close(self) -> None:
-        self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
