@@ -165,3 +165,14 @@ def test_other_write_failures_are_not_called_out_of_space(tmp_path):
     with pytest.raises(OSError) as caught:
         atomic_write_bytes(tmp_path / "x", fail)
     assert caught.type is OSError and caught.value.errno == errno.EIO
+
+
+def test_an_error_raised_from_none_is_not_read_as_out_of_space(tmp_path):
+    def fail(f):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise ValueError("not about space") from None
+
+    with pytest.raises(ValueError, match="not about space"):
+        atomic_write_bytes(tmp_path / "x", fail)

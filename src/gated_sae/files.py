@@ -29,13 +29,14 @@ OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 def _out_of_space(error: BaseException | None) -> OSError | None:
     """The out-of-space OSError behind `error`, if any. Writers that call back into Python
-    (torch.save) raise their own error and keep the OSError as its context."""
+    (torch.save) raise their own error and keep the OSError as its context; an error raised
+    `from None` (a WriteError itself) has put its context aside."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
             return error
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
 
 
