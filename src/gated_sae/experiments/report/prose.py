@@ -15,6 +15,7 @@ from .findings import (
     Q2,
     Q3,
     SOME_WIDTHS,
+    UNSTEADY,
     WORSENS,
     Ablation,
     BMag,
@@ -47,6 +48,12 @@ ABLATION_CHANGES = {
     "gated no r_mag": "removing r_mag (W_mag = W_gate)",
     "gated untied": "untying W_mag from W_gate",
     "gated RI-L1": "the RI-L1 loss",
+}
+
+TREND_WORDS = {
+    IMPROVES: "improves as d_sae grows",
+    WORSENS: "worsens as d_sae grows",
+    UNSTEADY: "does not move steadily with d_sae",
 }
 
 # --- comparisons ----------------------------------------------------------------------------
@@ -293,16 +300,12 @@ def hold_sentence(hold: Hold) -> str:
 
 def trend_text(q3: Q3, metric_name: str) -> str | None:
     """How each architecture's own fidelity moves with width; with a caveat when it worsens."""
-    directions = {
-        IMPROVES: "improves as d_sae grows",
-        WORSENS: "worsens as d_sae grows",
-    }
     sentences = []
     for t in q3.trends:
         listed = fmt.series([f"{fmt.num(v)} at {w}" for w, v in t.values])
-        direction = directions.get(t.direction, "does not move steadily with d_sae")
         sentences.append(
-            f"At L0 ≈ {fmt.l0(t.l0)}, {t.variant}'s {metric_name} is {listed}: it {direction}."
+            f"At L0 ≈ {fmt.l0(t.l0)}, {t.variant}'s {metric_name} is {listed}: it "
+            f"{TREND_WORDS[t.direction]}."
         )
     if not sentences:
         return None
