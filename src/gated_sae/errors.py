@@ -11,3 +11,10 @@ class ConfigError(GatedSAEError):
 
 class DataError(GatedSAEError):
     """Missing, corrupt or unusable input data (files, tensors, caches)."""
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """`value` if it is an integer >= 1 (a bool is not), else a ConfigError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value

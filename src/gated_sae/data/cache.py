@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 from ..files import TMP_SUFFIX, atomic_write_text, fsync_path, replace_durably
 from .corpus import (
+    DEFAULT_CONTEXT_SIZE,
     DEFAULT_DATASET,
     check_context_size,
     check_dataset,
@@ -33,8 +34,10 @@ from .corpus import (
     token_windows,
     windows_for_tokens,
 )
+from .source import model_label
 
 ACTIVATION_FILE_SUFFIXES = (".npy", ".safetensors", ".pt")
+DEFAULT_BUFFER_TOKENS = 1 << 18  # the shuffle buffer of cache and model streams, in tokens
 
 
 def load_activations_file(path: str | os.PathLike) -> torch.Tensor:
@@ -153,16 +156,6 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _model_label(lm: Any) -> str:
-    name = str(lm.name)
-    return os.path.abspath(name) if os.path.exists(name) else name
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} {value!r} is not accepted; accepted: an integer >= 1")
-
-
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
@@ -227,7 +220,7 @@ def build_cache(
     *,
     n_tokens: int,
     out: str | os.PathLike,
-    context_size: int = 128,
+    context_size: int = DEFAULT_CONTEXT_SIZE,
     dtype: str = "float32",
     shard_tokens: int = 1 << 18,
     batch_size: int = 32,
@@ -244,9 +237,9 @@ def build_cache(
     if dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache dtype {dtype!r} is not accepted; accepted: "
                           f"{', '.join(CACHE_DTYPES)}")
-    _check_positive("n_tokens", n_tokens)
-    _check_positive("shard_tokens", shard_tokens)
-    _check_positive("batch_size", batch_size)
+    check_positive_int("n_tokens", n_tokens)
+    check_positive_int("shard_tokens", shard_tokens)
+    check_positive_int("batch_size", batch_size)
     check_context_size(context_size, lm.n_ctx)
     check_dataset(dataset)
     out = Path(out)
@@ -262,7 +255,7 @@ def build_cache(
         raise ConfigError(f"site {site!r} gives activations of shape {list(probe.shape)}; "
                           "expected [batch, positions, d]")
     config = {
-        "model": _model_label(lm),
+        "model": model_label(str(lm.name)),
         "model_dtype": str(lm.dtype).removeprefix("torch."),
         "site": site,
         "dataset": describe_dataset(dataset),
@@ -531,10 +524,10 @@ class CacheBatches:
 
     def __init__(
         self, cache: ActivationCache, batch_size: int, seed: int = 0, *,
-        skip_bos: bool = True, buffer_tokens: int = 1 << 18,
+        skip_bos: bool = True, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
     ):
-        _check_positive("batch_size", batch_size)
-        _check_positive("buffer_tokens", buffer_tokens)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("buffer_tokens", buffer_tokens)
         self.cache, self.batch_size, self.seed, self.skip_bos = cache, batch_size, seed, skip_bos
         self.per_window = cache.context_size - 1 if skip_bos else cache.context_size
         total = cache.n_seq * self.per_window
@@ -595,7 +588,7 @@ class CacheBatches:
 
 def cache_batches(
     cache: ActivationCache | str | os.PathLike, batch_size: int, seed: int = 0, *,
-    skip_bos: bool = True, buffer_tokens: int = 1 << 18,
+    skip_bos: bool = True, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
 ) -> CacheBatches:
     """Shuffled float32 batches of a cache (an ActivationCache or its folder): see CacheBatches."""
     if not isinstance(cache, ActivationCache):
@@ -625,12 +618,12 @@ class ModelBatches:
 
     def __init__(
         self, lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096,
-        seed: int = 0, *, context_size: int = 128, lm_batch_size: int = 32,
-        buffer_tokens: int = 1 << 18, text_field: str = "text", skip_bos: bool = True,
+        seed: int = 0, *, context_size: int = DEFAULT_CONTEXT_SIZE, lm_batch_size: int = 32,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS, text_field: str = "text", skip_bos: bool = True,
     ):
         for name, value in (("batch_size", batch_size), ("lm_batch_size", lm_batch_size),
                             ("buffer_tokens", buffer_tokens)):
-            _check_positive(name, value)
+            check_positive_int(name, value)
         check_context_size(context_size, lm.n_ctx)
         check_dataset(dataset)
         self.lm, self.site, self.dataset, self.text_field = lm, site, dataset, text_field

@@ -9,7 +9,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 from .base import SAE, TrainOutput
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
@@ -46,9 +46,8 @@ def _architecture(arch: str) -> type[SAE]:
 def create_sae(arch: str, *, d_in: int, d_sae: int, **options) -> SAE:
     """A freshly initialised SAE: `arch` in relu, gated, topk, batchtopk, jumprelu."""
     cls = _architecture(arch)
-    for name, value in (("d_in", d_in), ("d_sae", d_sae)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("d_in", d_in)
+    check_positive_int("d_sae", d_sae)
     accepted = architecture_options(arch)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

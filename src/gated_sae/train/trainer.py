@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import ConfigError, DataError, GatedSAEError
+from ..errors import ConfigError, DataError, GatedSAEError, check_positive_int
 from ..files import atomic_write_text
-from ..saes import SAE, architecture_options, create_sae
+from ..saes import ARCHITECTURES, SAE, architecture_options, create_sae
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
 
@@ -57,13 +57,18 @@ def default_lr(arch: str, d_sae: int) -> float:
 class SAEConfig:
     """One SAE of a run: its architecture, width, options and optimisation settings."""
 
-    arch: str
-    d_sae: int
-    lr: float | None = None  # None: the architecture's default (see default_lr)
-    sparsity_coef: float | None = None  # λ; unused by topk/batchtopk (they take options.k)
+    arch: str = field(metadata={"help": ", ".join(ARCHITECTURES)})
+    d_sae: int = field(metadata={"help": "number of latents"})
+    lr: float | None = field(default=None, metadata={
+        "help": f"learning rate (default: {DEFAULT_LR:g}; topk, batchtopk: 2e-4/√(d_sae/2^14))"})
+    sparsity_coef: float | None = field(default=None, metadata={
+        "help": "λ of the sparsity penalty; topk and batchtopk take options.k instead "
+                f"(default: {', '.join(f'{a} {c:g}' for a, c in DEFAULT_SPARSITY_COEF.items())})"})
     options: dict = field(default_factory=dict)
     name: str | None = None
-    resample_every: int = 0  # steps between dead-latent resamplings (relu/gated), 0 = off
+    resample_every: int = field(
+        default=0, metadata={"help": "steps between dead-latent resamplings (relu, gated); 0 = off"}
+    )
 
     def __post_init__(self):
         accepted = architecture_options(self.arch)  # raises on an unknown architecture
@@ -72,7 +77,7 @@ class SAEConfig:
             raise ConfigError(
                 f"unknown option {unknown[0]!r} for {self.arch}; accepted: {', '.join(accepted)}"
             )
-        _positive_int("d_sae", self.d_sae)
+        check_positive_int("d_sae", self.d_sae)
         if self.lr is None:
             self.lr = default_lr(self.arch, self.d_sae)
         if self.sparsity_coef is None:
@@ -91,26 +96,39 @@ class TrainConfig:
     """A training run: the SAEs, and what they share (batches, token budget, schedules)."""
 
     saes: list[SAEConfig]
-    batch_size: int = 4096
-    tokens: int = 10_000_000
-    seed: int = 0
-    device: str = "cpu"
-    lr_warmup_steps: int = 100
-    lr_decay_fraction: float = 0.2
-    sparsity_warmup_fraction: float = 0.05
-    dead_tokens: int | None = None  # dead = no firing in this many tokens; None: tokens // 10
-    step: str = "auto"  # dense, sparse, or auto: whichever is cheaper at the current density
-    precision: str = "float32"  # or bf16: bfloat16 autocast over float32 master weights
-    checkpoint_every: int = 500  # steps; 0 = only at the end
-    log_every: int = 10
-    wandb_project: str | None = None
+    batch_size: int = field(default=4096, metadata={"help": "activations per SAE step"})
+    tokens: int = field(default=10_000_000, metadata={"help": "training tokens"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and shuffling"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
+    lr_warmup_steps: int = field(default=100, metadata={"help": "steps of linear lr warmup"})
+    lr_decay_fraction: float = field(
+        default=0.2, metadata={"help": "final fraction of steps over which the lr decays to 0"}
+    )
+    sparsity_warmup_fraction: float = field(
+        default=0.05, metadata={"help": "first fraction of steps over which λ ramps up from 0"}
+    )
+    dead_tokens: int | None = field(
+        default=None, metadata={"help": "a latent is dead after this many tokens without "
+                                "firing (default: tokens // 10, at least batch_size, at most 10M)"}
+    )
+    step: str = field(default="auto", metadata={
+        "help": "dense, sparse, or auto: whichever is cheaper at the current density"})
+    precision: str = field(default="float32", metadata={
+        "help": "float32, or bf16: bfloat16 autocast over float32 master weights"})
+    checkpoint_every: int = field(
+        default=500, metadata={"help": "steps between checkpoints; 0 = only at the end"}
+    )
+    log_every: int = field(default=10, metadata={"help": "steps between logged metrics"})
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "also log to this wandb project"}
+    )
 
     def __post_init__(self):
         self.saes = [s if isinstance(s, SAEConfig) else SAEConfig(**s) for s in self.saes]
         if not self.saes:
             raise ConfigError("a run needs at least one SAE")
         for name in ("batch_size", "tokens", "log_every"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.tokens < self.batch_size:
             raise ConfigError(
                 f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})"
@@ -127,7 +145,7 @@ class TrainConfig:
             raise ConfigError("lr_decay_fraction and sparsity_warmup_fraction must be in [0, 1]")
         if self.dead_tokens is None:
             self.dead_tokens = min(10_000_000, max(self.tokens // 10, self.batch_size))
-        _positive_int("dead_tokens", self.dead_tokens)
+        check_positive_int("dead_tokens", self.dead_tokens)
         unnamed = [s for s in self.saes if s.name is None]
         for s in unnamed:
             same_arch = [c for c in unnamed if c.arch == s.arch]
@@ -165,11 +183,6 @@ class TrainConfig:
             return cls(**{**raw, "saes": [SAEConfig(**s) for s in saes]})
         except TypeError as e:
             raise ConfigError(f"incomplete config: {e}") from None
-
-
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _positive(name: str, value) -> None:
