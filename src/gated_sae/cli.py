@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from .data.cache import CACHE_DTYPES, DEFAULT_BUFFER_TOKENS, ModelBatches, build_cache
-from .data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
+from .data.corpus import DATASET_FORMS, DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
 from .data.lm import DEFAULT_MODEL
 from .data.source import ActivationSource
 from .data.synthetic import write_synthetic
@@ -108,16 +108,14 @@ def _count(text: str) -> int:
 
 def _add_model_flags(parser: argparse.ArgumentParser, eval_: bool = False) -> None:
     """Where activations come from when a model computes them: site, corpus, windows, dtype."""
-    site_help, dataset_default, context_default = "activation site", DEFAULT_DATASET, str(
-        DEFAULT_CONTEXT_SIZE)
+    site_help = "activation site, e.g. blocks.3.hook_resid_post"
+    dataset_default, context_default = DEFAULT_DATASET, DEFAULT_CONTEXT_SIZE
     if eval_:
         site_help += " (default: the SAE's metadata hook_name)"
         dataset_default = f"the SAE's training corpus if readable, else {DEFAULT_DATASET}"
         context_default = f"the SAE's metadata context_size, else {DEFAULT_CONTEXT_SIZE}"
-    parser.add_argument("--site", help=site_help + ", e.g. blocks.3.hook_resid_post")
-    parser.add_argument("--dataset", help="builtin:python-docs, builtin:python-source, "
-                        "hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl/.parquet file or folder "
-                        f"(default: {dataset_default})")
+    parser.add_argument("--site", help=site_help)
+    parser.add_argument("--dataset", help=f"{DATASET_FORMS} (default: {dataset_default})")
     _keyword_flag(parser, ActivationSource, "text_field",
                   "field holding the text in .jsonl/.parquet/hf datasets")
     parser.add_argument("--context-size", type=int,
@@ -177,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tokens", type=_count, help="tokens to measure (default: all with "
                           f"--acts, {EVAL_TOKENS} with --model)")
     evaluate.add_argument("--batch-size", type=_count, default=SAE_BATCH_SIZE,
-                          help=f"activations per SAE forward (default {SAE_BATCH_SIZE})")
+                          help=f"activations per SAE forward (default: {SAE_BATCH_SIZE})")
     _flag(evaluate, "lm_batch_size", "windows per forward", LM_BATCH_SIZE, type=_count)
     evaluate.add_argument("--device", default="cpu")
 
@@ -197,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", nargs="?", help="sweep YAML (or use --preset)")
     sweep.add_argument("--preset", help="questions (2-core CPU, ~1 hour) or paper (GPU scale)")
     sweep.add_argument("--out", required=True, help="sweep folder: results.csv, passes, cache")
-    _field_flags(sweep, SweepConfig)  # each overrides the config's setting
+    _field_flags(sweep, SweepConfig)
 
     report = commands.add_parser("report", help="write report.md and report.html for a sweep")
     report.add_argument("sweep_dir")

@@ -46,7 +46,7 @@ class ActivationSource:
         for key, value in settings.items():
             if value is None:
                 continue
-            given = ActivationSource(**{**vars(self), key: value})
+            given = ActivationSource(**{**vars(self), key: value})  # recorded as a source is
             if getattr(given, key) != getattr(self, key):
                 raise ConfigError(f"{key} {value!r} conflicts with {where}, which holds {key} "
                                   f"{getattr(self, key)!r}; leave {key} out or give that value")
