@@ -191,7 +191,7 @@ def test_rerun_with_other_arguments_is_refused(lm, text_path, tmp_path):
     (dict(n_tokens=10**6), DataError, "has only .* train windows"),
     (dict(site="blocks.9.hook_resid_post"), ConfigError, "unknown site"),
     (dict(dataset="missing.jsonl"), DataError, "'missing.jsonl' is not an existing file"),
-    (dict(n_tokens=0), ConfigError, "n_tokens 0 is not accepted"),
+    (dict(n_tokens=0), ConfigError, "n_tokens must be a positive integer, got 0"),
 ])
 def test_bad_input_leaves_no_folder(lm, text_path, tmp_path, options, error, message):
     out = tmp_path / "out"

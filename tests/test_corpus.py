@@ -229,5 +229,5 @@ def test_context_size_and_option_checks(tmp_path: Path, word_tokenizer):
         next(iter_windows(word_tokenizer, path, split="test"))
     with pytest.raises(ConfigError, match="n_windows or n_tokens, not both"):
         token_windows(word_tokenizer, path, n_windows=1, n_tokens=5)
-    with pytest.raises(ConfigError, match="n_windows 0 is not accepted"):
+    with pytest.raises(ConfigError, match="n_windows must be a positive integer, got 0"):
         token_windows(word_tokenizer, path, n_windows=0)

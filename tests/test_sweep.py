@@ -1,7 +1,10 @@
 """The sweep engine end to end on a tiny real model: grid expansion, passes, evaluation,
 results.csv, and resuming an interrupted sweep to the same table."""
 
+import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +15,14 @@ import pytest
 import yaml
 from conftest import _SENTENCES, save_tiny_model
 
+from gated_sae import load_sae
+from gated_sae.cli import main
+from gated_sae.data.cache import build_cache
+from gated_sae.data.corpus import token_windows
+from gated_sae.data.lm import load_model
 from gated_sae.errors import ConfigError
+from gated_sae.evaluate.lm_metrics import lm_metrics
+from gated_sae.evaluate.metrics import activation_metrics
 from gated_sae.experiments.results import COLUMNS
 from gated_sae.experiments.sweep import (
     Sweep,
@@ -119,6 +129,84 @@ def test_presets_hold_the_comparisons_the_three_questions_need(preset):
 def test_unknown_preset_is_named():
     with pytest.raises(ConfigError, match="unknown preset 'fast'"):
         load_sweep_config(preset="fast")
+
+
+SITE = "blocks.1.hook_resid_post"
+CACHE_CTX = 12  # neither the default context size nor the tiny_sweep one
+
+
+@pytest.fixture(scope="module")
+def other_cache(sweep_inputs, tmp_path_factory) -> tuple[Path, Path]:
+    """A cache of model A (sweep_inputs' model) on its corpus with windows of CACHE_CTX, and a
+    model B of the same width with other weights."""
+    model_a, corpus = sweep_inputs
+    root = tmp_path_factory.mktemp("other-cache")
+    cache = build_cache(load_model(str(model_a)), SITE, str(corpus), n_tokens=2400,
+                        out=root / "cache", context_size=CACHE_CTX, progress=False)
+    return cache, save_tiny_model("llama", root / "model-b", seed=1)
+
+
+def _over_cache(cache: Path, **settings) -> dict:
+    return {"cache": str(cache), "tokens": 1280, "batch_size": 128, "eval_windows": 4,
+            "train": {"lr_warmup_steps": 2, "log_every": 5},
+            "grid": [{"arch": "relu", "d_sae": 64, "lr": 1e-2, "sparsity_coef": 0.5}],
+            **settings}
+
+
+def test_a_sweep_over_a_cache_evaluates_with_the_caches_model_corpus_and_context(
+    sweep_inputs, other_cache, tmp_path, single_thread
+):
+    (model_a, corpus), (cache, model_b) = sweep_inputs, other_cache
+    # No model, dataset or context size: the defaults would name another model and corpus.
+    results = Sweep(SweepConfig.from_dict(_over_cache(cache, site=SITE)), tmp_path).run()
+    (row,) = csv.DictReader(results.open())
+    (folder,) = (tmp_path / "passes").glob(f"*/{row['name']}")
+    sae = load_sae(folder)
+    metadata = json.loads((folder / "cfg.json").read_text())["metadata"]
+    assert metadata["model_name"] == str(model_a.resolve())
+    assert (metadata["dataset_path"], metadata["context_size"]) == (
+        str(corpus.resolve()), CACHE_CTX)
+    record = json.loads((tmp_path / "sweep.json").read_text())["config"]
+    assert (record["model"], record["dataset"], record["context_size"]) == (
+        str(model_a.resolve()), str(corpus.resolve()), CACHE_CTX)
+
+    def measured_with(model: Path) -> dict:
+        lm = load_model(str(model))
+        windows = token_windows(lm.tokenizer, str(corpus), context_size=CACHE_CTX, n_windows=4,
+                                split="heldout", bos_token_id=lm.bos_token_id)
+        acts = lm.activations(windows, SITE)[:, 1:].flatten(0, 1)
+        return {**activation_metrics(sae, acts), **lm_metrics(lm, sae, SITE, windows)}
+
+    expected = measured_with(model_a)
+    for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "loss_recovered", "kl"):
+        assert float(row[key]) == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
+    assert int(row["eval_tokens"]) == expected["n_tokens"] == 4 * (CACHE_CTX - 2)
+    assert measured_with(model_b)["ce_clean"] != pytest.approx(expected["ce_clean"])
+
+
+@pytest.mark.parametrize("setting, given, held", [
+    ("model", "B", "A"),
+    ("dataset", "builtin:python-docs", "corpus"),
+    ("context_size", 128, CACHE_CTX),
+    ("site", "blocks.0.hook_resid_post", SITE),
+])
+def test_a_sweep_setting_that_contradicts_its_cache_is_a_one_line_error(
+    sweep_inputs, other_cache, tmp_path, capsys, setting, given, held
+):
+    (model_a, corpus), (cache, model_b) = sweep_inputs, other_cache
+    names = {"A": str(model_a.resolve()), "B": str(model_b), "corpus": str(corpus.resolve())}
+    given, held = names.get(given, given), names.get(held, held)
+    with pytest.raises(ConfigError, match=re.escape(f"{setting} {given!r} conflicts with")):
+        Sweep(SweepConfig.from_dict(_over_cache(cache, **{setting: given})), tmp_path / "a").run()
+    # The same through the command line, as a flag over a config that leaves it out.
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(_over_cache(cache)))
+    flag = "--" + setting.replace("_", "-")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "b"), flag, str(given)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{setting} {given!r} conflicts with cache" in err, err
+    assert f"holds {setting} {held!r}" in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def _run_cli(config_path: Path, out: Path, **popen) -> subprocess.Popen:

@@ -3,29 +3,43 @@
     gated-sae cache  --site S --tokens N --out DIR [--model M --dataset D ...]
     gated-sae train  (--acts FILE|CACHE | --model M --site S [--dataset D]) --out DIR ...
     gated-sae eval   SAE_DIR (--acts FILE|CACHE | --model M [--site S --dataset D --tokens N])
+    gated-sae sweep  (CONFIG | --preset P) --out DIR [--SETTING VALUE ...]
+    gated-sae report SWEEP_DIR
+    gated-sae demo   [--out DIR]
     gated-sae synth  --out FILE ...
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterable
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, DataError, GatedSAEError
+from .data.batches import DEFAULT_BUFFER_TOKENS, ModelBatches
+from .data.cache import CACHE_DTYPES, build_cache
+from .data.corpus import DATASET_FORMS, DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
+from .data.lm import DEFAULT_MODEL
+from .data.source import ActivationSource
+from .data.synthetic import write_synthetic
+from .errors import ConfigError, DataError, GatedSAEError, check_positive_int
+from .evaluate.lm_metrics import LM_BATCH_SIZE
+from .evaluate.pipeline import SAE_BATCH_SIZE, evaluate_saes, evaluate_stored, heldout_windows
+from .experiments.demo import run_demo
+from .experiments.sweep import SweepConfig
+from .train.trainer import SAEConfig, TrainConfig
 
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_DATASET = "builtin:python-docs"  # as data.corpus.DEFAULT_DATASET, without importing it
-MODEL_DTYPES = ("float32", "bfloat16", "float16")
-CACHE_DTYPES = ("float32", "float16", "bfloat16")
-BUFFER_TOKENS = 1 << 18  # shuffle buffer of cache and model streams
-# Flags of train/eval that only mean something when activations come from a model.
-_MODEL_FLAGS = ("site", "dataset", "context_size", "model_dtype", "lm_batch_size", "text_field")
+EVAL_TOKENS = 1 << 14  # held-out tokens `eval --model` measures by default
+# What the flags of train and eval that describe activations computed by a model map to.
+_SOURCE_FLAGS = ("dataset", "context_size", "text_field")
+_MODEL_FLAGS = ("site", *_SOURCE_FLAGS, "model_dtype", "lm_batch_size")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +47,45 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"gated-sae: error: {message} (see {self.prog} --help)\n")
+
+
+# --- flags ------------------------------------------------------------------------------------
+#
+# A flag left out is None, so the Python API's own default applies; the help quotes that
+# default from where it is set (a config dataclass's field, a function's keyword).
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, help: str, default: Any = None,
+          **kwargs: Any) -> None:
+    if default is not None:
+        help += f" (default: {default})"
+    parser.add_argument("--" + name.replace("_", "-"), help=help, **kwargs)
+
+
+def _keyword_flag(parser: argparse.ArgumentParser, function: Any, name: str, help: str,
+                  **kwargs: Any) -> None:
+    """A flag for `function`'s keyword argument `name`."""
+    _flag(parser, name, help, inspect.signature(function).parameters[name].default, **kwargs)
+
+
+def _flagged(config: type) -> list[str]:
+    """The fields of the dataclass `config` that have a help text: those that are flags."""
+    return [f.name for f in fields(config) if "help" in f.metadata]
+
+
+def _field_flags(parser: argparse.ArgumentParser, config: type) -> None:
+    """A flag for each flagged field of the dataclass `config`, typed by its annotation."""
+    hints = typing.get_type_hints(config)
+    for f in fields(config):
+        if f.name in _flagged(config):
+            kind = next(t for t in typing.get_args(hints[f.name]) or [hints[f.name]]
+                        if t is not type(None))
+            default = None if f.default is MISSING else f.default
+            _flag(parser, f.name, f.metadata["help"], default, type=kind)
+
+
+def _given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -43,62 +96,53 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _count(text: str) -> int:
-    """An integer >= 1, for sizes the command line checks itself."""
+    """An integer >= 1, for sizes the command line checks itself (argparse names the flag)."""
     try:
-        value = int(text)
+        value: object = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted: an integer >= 1")
-    return value
+        value = text
+    try:
+        return check_positive_int("value", value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _add_model_flags(parser: argparse.ArgumentParser, defaults: bool, eval_: bool = False) -> None:
-    """Where activations come from when they are computed: site, corpus, windows, dtype.
-
-    Without `defaults` they default to None, so that giving one where it does not apply
-    (with --acts) is an error rather than silently ignored.
-    """
+def _add_model_flags(parser: argparse.ArgumentParser, eval_: bool = False) -> None:
+    """Where activations come from when a model computes them: site, corpus, windows, dtype."""
     site_help = "activation site, e.g. blocks.3.hook_resid_post"
-    dataset_default = "builtin:python-docs"
-    context_default = "128"
+    dataset_default, context_default = DEFAULT_DATASET, DEFAULT_CONTEXT_SIZE
     if eval_:
         site_help += " (default: the SAE's metadata hook_name)"
-        dataset_default = "the SAE's training corpus if readable, else builtin:python-docs"
-        context_default = "the SAE's metadata context_size, else 128"
+        dataset_default = f"the SAE's training corpus if readable, else {DEFAULT_DATASET}"
+        context_default = f"the SAE's metadata context_size, else {DEFAULT_CONTEXT_SIZE}"
     parser.add_argument("--site", help=site_help)
-    parser.add_argument(
-        "--dataset",
-        default=DEFAULT_DATASET if defaults else None,
-        help="builtin:python-docs, builtin:python-source, hf:NAME[:CONFIG[:SPLIT]], or a "
-        f".txt/.jsonl/.parquet file or folder (default: {dataset_default})",
-    )
-    parser.add_argument("--text-field", default="text" if defaults else None,
-                        help="field holding the text in .jsonl/.parquet/hf datasets")
-    parser.add_argument("--context-size", type=int, default=128 if defaults else None,
+    parser.add_argument("--dataset", help=f"{DATASET_FORMS} (default: {dataset_default})")
+    _keyword_flag(parser, ActivationSource, "text_field",
+                  "field holding the text in .jsonl/.parquet/hf datasets")
+    parser.add_argument("--context-size", type=int,
                         help=f"tokens per window, BOS included (default: {context_default})")
-    parser.add_argument("--model-dtype", choices=MODEL_DTYPES,
-                        help="model weights (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--model-dtype",
+                        help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 "
+                        "on CUDA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gated-sae", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    model_help = "a .gguf file, a saved model folder or a Hugging Face id"
 
     cache = commands.add_parser("cache", help="cache a model's activations at a site to disk")
-    cache.add_argument("--model", default=DEFAULT_MODEL,
-                       help=f"{DEFAULT_MODEL} (default), a .gguf file, a saved model folder or "
-                       "a Hugging Face id")
-    _add_model_flags(cache, defaults=True)
+    _flag(cache, "model", f"{DEFAULT_MODEL}, {model_help}", DEFAULT_MODEL)
+    _add_model_flags(cache)
     cache.add_argument("--tokens", type=_count, required=True, help="tokens to cache")
     cache.add_argument("--out", required=True,
                        help="cache folder; rerun with the same arguments resumes")
-    cache.add_argument("--dtype", choices=CACHE_DTYPES, default="float32",
-                       help="stored activation dtype")
+    _keyword_flag(cache, build_cache, "dtype", "stored activation dtype",
+                  choices=list(CACHE_DTYPES))
     cache.add_argument("--device", default="cpu")
-    cache.add_argument("--batch-size", type=_count, default=32, help="windows per forward")
-    cache.add_argument("--shard-tokens", type=_count, default=1 << 18, help="tokens per shard")
+    _keyword_flag(cache, build_cache, "batch_size", "windows per forward", type=_count)
+    _keyword_flag(cache, build_cache, "shard_tokens", "tokens per shard", type=_count)
 
     train = commands.add_parser(
         "train", help="train one SAE, or several (--config) on one stream of activations"
@@ -107,41 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--acts", help="activations: a .npy/.safetensors/.pt file [N, d_in] or a cache folder"
     )
-    source.add_argument("--model", help="stream activations from this model (no cache)")
-    _add_model_flags(train, defaults=False)
-    train.add_argument("--lm-batch-size", type=_count, help="windows per forward (default 32)")
-    train.add_argument("--buffer-tokens", type=_count,
-                       help="shuffle buffer of a cache or model stream, in tokens (default 2^18)")
+    source.add_argument("--model", help=f"stream activations from this model ({model_help})")
+    _add_model_flags(train)
+    _keyword_flag(train, ModelBatches, "lm_batch_size", "windows per forward", type=_count)
+    _flag(train, "buffer_tokens", "shuffle buffer of a cache or model stream, in tokens",
+          DEFAULT_BUFFER_TOKENS, type=_count)
     train.add_argument("--out", required=True, help="run folder; rerun with the same --out resumes")
     train.add_argument("--config", help="YAML file: run settings and a list 'saes'")
-    train.add_argument("--arch", help="relu, gated, topk, batchtopk or jumprelu")
-    train.add_argument("--d-sae", type=int, help="number of latents")
-    train.add_argument("--lr", type=float, help="learning rate (default: the architecture's)")
-    train.add_argument("--sparsity-coef", type=float, help="λ of the sparsity penalty")
+    _field_flags(train, SAEConfig)
     train.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
-    train.add_argument(
-        "--option",
-        type=_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="architecture option, e.g. b_mag=false (repeatable)",
-    )
-    for flag, kind, text in [
-        ("--batch-size", int, "activations per SAE step (default 4096)"),
-        ("--tokens", int, "training tokens (default 10M)"),
-        ("--seed", int, "seed of initialisation and shuffling (default 0)"),
-        ("--device", str, "cpu, cuda or cuda:N; a --model runs there too"),
-        ("--checkpoint-every", int, "steps between checkpoints (default 500)"),
-        ("--wandb-project", str, "also log to this wandb project"),
-    ]:
-        train.add_argument(flag, type=kind, help=text)
-    train.add_argument("--step",
-                       help="dense, sparse, or auto: the cheaper at each step's density "
-                       "(default auto)")
-    train.add_argument("--precision",
-                       help="float32, or bf16: bfloat16 autocast over float32 weights "
-                       "(default float32)")
+    train.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                       help="architecture option, e.g. b_mag=false (repeatable)")
+    _field_flags(train, TrainConfig)
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"
@@ -151,29 +172,31 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--acts", help="a .npy/.safetensors/.pt file [N, d_in] or a cache folder")
     source.add_argument("--model", help="held-out windows through this model, and LM metrics "
                         "(default: the SAE's metadata model_name)")
-    _add_model_flags(evaluate, defaults=False, eval_=True)
-    evaluate.add_argument("--tokens", type=_count,
-                          help="tokens to measure (default: all with --acts, 16384 with --model)")
-    evaluate.add_argument("--batch-size", type=_count, default=4096,
-                          help="activations per SAE forward")
-    evaluate.add_argument("--lm-batch-size", type=_count, help="windows per forward (default 8)")
+    _add_model_flags(evaluate, eval_=True)
+    evaluate.add_argument("--tokens", type=_count, help="tokens to measure (default: all with "
+                          f"--acts, {EVAL_TOKENS} with --model)")
+    evaluate.add_argument("--batch-size", type=_count, default=SAE_BATCH_SIZE,
+                          help=f"activations per SAE forward (default: {SAE_BATCH_SIZE})")
+    _flag(evaluate, "lm_batch_size", "windows per forward", LM_BATCH_SIZE, type=_count)
     evaluate.add_argument("--device", default="cpu")
 
     demo = commands.add_parser(
         "demo", help="cache SmolLM2-135M activations, train relu/gated/topk, report (offline)"
     )
     demo.add_argument("--out", default="runs/demo", help="output folder; rerunning resumes")
-    demo.add_argument("--cache-tokens", type=int, default=100_000)
-    demo.add_argument("--train-tokens", type=int, default=400_000)
-    demo.add_argument("--device", default="cpu")
+    _keyword_flag(demo, run_demo, "cache_tokens", "tokens to cache", type=_count)
+    _keyword_flag(demo, run_demo, "train_tokens", "training tokens per SAE", type=_count)
+    _keyword_flag(demo, run_demo, "device", "cpu, cuda or cuda:N")
 
     sweep = commands.add_parser(
-        "sweep", help="train and evaluate a grid of SAEs; rerunning resumes"
+        "sweep", help="train and evaluate a grid of SAEs; rerunning resumes",
+        description="A flag below --out overrides the config's setting; its default is the "
+        "one a config that leaves the setting out gets.",
     )
     sweep.add_argument("config", nargs="?", help="sweep YAML (or use --preset)")
     sweep.add_argument("--preset", help="questions (2-core CPU, ~1 hour) or paper (GPU scale)")
     sweep.add_argument("--out", required=True, help="sweep folder: results.csv, passes, cache")
-    sweep.add_argument("--device", help="override the config's device")
+    _field_flags(sweep, SweepConfig)
 
     report = commands.add_parser("report", help="write report.md and report.html for a sweep")
     report.add_argument("sweep_dir")
@@ -183,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=100_000, help="number of samples")
     synth.add_argument("--features", type=int, default=512, help="ground-truth features G")
     synth.add_argument("--dim", type=int, default=128, help="dimension h (G > h: superposition)")
-    synth.add_argument("--mean-active", type=float, default=5.0)
+    _keyword_flag(synth, write_synthetic, "mean_active", "mean active features per sample",
+                  type=float)
     synth.add_argument("--correlated", action="store_true", help="correlated feature activity")
-    synth.add_argument("--seed", type=int, default=0)
+    _keyword_flag(synth, write_synthetic, "seed", "seed of the features and samples", type=int)
     return parser
 
 
@@ -199,10 +223,23 @@ def _check_device(device: str) -> None:
 
 
 def _check_model_flags_unused(args: argparse.Namespace) -> None:
-    given = [name for name in _MODEL_FLAGS if getattr(args, name, None) is not None]
+    given = list(_given(args, _MODEL_FLAGS))
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise ConfigError(f"{flag} applies when activations come from --model, not with --acts")
+
+
+def _model_source(args: argparse.Namespace, model: str, site: str,
+                  **recorded: Any) -> ActivationSource:
+    """The activations the model flags describe, over `recorded` settings; checked before
+    the model loads, so a bad corpus or window size costs no model load."""
+    from .data.corpus import check_context_size, check_dataset
+
+    settings = {k: v for k, v in recorded.items() if v is not None}
+    source = ActivationSource(model, site, **{**settings, **_given(args, _SOURCE_FLAGS)})
+    check_context_size(source.context_size)
+    check_dataset(source.dataset)
+    return source
 
 
 def _load_lm(name: str, device: str, dtype: str | None):
@@ -215,46 +252,26 @@ def _load_lm(name: str, device: str, dtype: str | None):
     return load_model(name, device=device, dtype=dtype)
 
 
-def _sae_metadata(sae_dir: str) -> dict:
-    """The `metadata` of an SAE folder's cfg.json (load_sae has already validated the file)."""
-    metadata = json.loads((Path(sae_dir) / "cfg.json").read_text()).get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
-
-
-# --- cache ------------------------------------------------------------------------------------
+# --- commands ---------------------------------------------------------------------------------
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from .data.cache import build_cache
-    from .data.corpus import check_context_size, check_dataset
-
     _check_device(args.device)
-    check_context_size(args.context_size)
-    check_dataset(args.dataset)
     if args.site is None:
         raise ConfigError("cache needs --site, e.g. blocks.3.hook_resid_post")
-    lm = _load_lm(args.model, args.device, args.model_dtype)
+    model = args.model or DEFAULT_MODEL
+    source = _model_source(args, model, args.site)
+    lm = _load_lm(model, args.device, args.model_dtype)
     out = build_cache(
-        lm,
-        args.site,
-        args.dataset,
-        n_tokens=args.tokens,
-        out=args.out,
-        context_size=args.context_size,
-        dtype=args.dtype,
-        shard_tokens=args.shard_tokens,
-        batch_size=args.batch_size,
-        text_field=args.text_field,
+        lm, source.site, source.dataset, n_tokens=args.tokens, out=args.out,
+        context_size=source.context_size, text_field=source.text_field,
+        **_given(args, ("dtype", "shard_tokens", "batch_size")),
     )
     print(out)
 
 
-# --- train ------------------------------------------------------------------------------------
-
-
-def _train_config(args: argparse.Namespace):
-    from .train.trainer import TrainConfig
-
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    sae_flags = _flagged(SAEConfig)
     if args.config:
         try:
             raw = yaml.safe_load(Path(args.config).read_text())
@@ -266,7 +283,7 @@ def _train_config(args: argparse.Namespace):
             ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {args.config} must be a mapping of run settings")
-        if args.arch or args.d_sae or args.option:
+        if _given(args, [*sae_flags, "k"]) or args.option:
             raise ConfigError("give SAEs either in --config or with --arch/--d-sae, not both")
     else:
         if not args.arch or args.d_sae is None:
@@ -274,42 +291,25 @@ def _train_config(args: argparse.Namespace):
         options = dict(args.option)
         if args.k is not None:
             options["k"] = args.k
-        sae = {
-            "arch": args.arch,
-            "d_sae": args.d_sae,
-            "lr": args.lr,
-            "sparsity_coef": args.sparsity_coef,
-            "options": options,
-        }
-        raw = {"saes": [sae]}
-    for key in ("batch_size", "tokens", "seed", "device", "checkpoint_every", "wandb_project",
-                "step", "precision"):
-        if getattr(args, key) is not None:
-            raw[key] = getattr(args, key)
-    return TrainConfig.from_dict(raw)
+        raw = {"saes": [{**_given(args, sae_flags), "options": options}]}
+    return TrainConfig.from_dict({**raw, **_given(args, _flagged(TrainConfig))})
 
 
-def _train_source(args: argparse.Namespace, config) -> tuple[Any, dict]:
+def _train_source(args: argparse.Namespace, config: TrainConfig) -> tuple[Any, dict]:
     """The batches to train on and the metadata they give the SAE folders."""
     from .data.activations_file import load_activations_file
-    from .data.batches import ShuffledBatches, cache_batches, model_batches
+    from .data.batches import ShuffledBatches, cache_batches
     from .data.cache import load_cache
 
     if args.acts is not None:
         _check_model_flags_unused(args)
         if Path(args.acts).is_dir():
             cache = load_cache(args.acts)
-            manifest = cache.manifest
             batches = cache_batches(cache, config.batch_size, config.seed,
-                                    buffer_tokens=args.buffer_tokens or BUFFER_TOKENS)
-            return batches, {
-                "model_name": manifest["model"],
-                "hook_name": manifest["site"],
-                "context_size": manifest["context_size"],
-                "dataset_path": manifest["dataset"],
-                "prepend_bos": True,
-                "activation_cache": str(Path(args.acts).resolve()),
-            }
+                                    **_given(args, ["buffer_tokens"]))
+            return batches, ActivationSource.of_cache(cache.manifest).sae_metadata(
+                activation_cache=str(Path(args.acts).resolve())
+            )
         if args.buffer_tokens is not None:
             raise ConfigError("--buffer-tokens applies to a cache folder or --model, not to "
                               f"the activations file {args.acts}")
@@ -318,34 +318,16 @@ def _train_source(args: argparse.Namespace, config) -> tuple[Any, dict]:
             "dataset_path": str(args.acts)
         }
 
-    from .data.cache import _model_label
-    from .data.corpus import check_context_size, check_dataset, describe_dataset
-
     if args.site is None:
         raise ConfigError("train --model needs --site, e.g. blocks.3.hook_resid_post")
-    dataset = args.dataset or DEFAULT_DATASET
-    context_size = 128 if args.context_size is None else args.context_size
-    check_context_size(context_size)
-    check_dataset(dataset)
+    source = _model_source(args, args.model, args.site)
     lm = _load_lm(args.model, config.device, args.model_dtype)
-    batches = model_batches(
-        lm,
-        args.site,
-        dataset,
-        config.batch_size,
-        config.seed,
-        context_size=context_size,
-        lm_batch_size=args.lm_batch_size or 32,
-        buffer_tokens=args.buffer_tokens or BUFFER_TOKENS,
-        text_field=args.text_field or "text",
+    batches = ModelBatches(
+        lm, source.site, source.dataset, config.batch_size, config.seed,
+        context_size=source.context_size, text_field=source.text_field,
+        **_given(args, ("lm_batch_size", "buffer_tokens")),
     )
-    return batches, {
-        "model_name": _model_label(lm),
-        "hook_name": args.site,
-        "context_size": context_size,
-        "dataset_path": describe_dataset(dataset),
-        "prepend_bos": True,
-    }
+    return batches, source.sae_metadata()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -362,52 +344,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(out / name)
 
 
-# --- eval -------------------------------------------------------------------------------------
-
-
-def _cache_rows(cache, tokens: int | None, batch_size: int) -> Iterator:
-    """The cache's activations without BOS positions, window by window, as float32 batches
-    [≤ batch_size, d_in]: the first `tokens` of them, or all."""
-    per_window = cache.context_size - 1
-    total = cache.n_seq * per_window if tokens is None else tokens
-    windows = max(1, batch_size // per_window)
-    for start in range(0, cache.n_seq, windows):
-        if total <= 0:
-            return
-        rows = cache.activations.rows(start, start + windows)[:, 1:]
-        flat = rows.reshape(-1, cache.d_in)[:total].float()
-        total -= flat.shape[0]
-        yield flat
-
-
-def _eval_acts(args: argparse.Namespace, sae) -> dict:
-    from .data.activations_file import load_activations_file
-    from .data.cache import load_cache
-    from .evaluate.metrics import activation_metrics
-
-    _check_model_flags_unused(args)
-    if Path(args.acts).is_dir():
-        cache = load_cache(args.acts)
-        width = cache.d_in
-        available = cache.n_seq * (cache.context_size - 1)
-        if args.tokens is not None and args.tokens > available:
-            raise DataError(f"--tokens {args.tokens} is more than the {available} non-BOS "
-                            f"tokens in cache {args.acts}")
-        batches = _cache_rows(cache, args.tokens, args.batch_size)
-    else:
-        acts = load_activations_file(args.acts)
-        width = acts.shape[1]
-        if args.tokens is not None:
-            if args.tokens > acts.shape[0]:
-                raise DataError(f"--tokens {args.tokens} is more than the {acts.shape[0]} "
-                                f"activations in {args.acts}")
-            acts = acts[: args.tokens]
-        batches = acts.split(args.batch_size)
-    if width != sae.d_in:
-        raise DataError(f"{args.acts} has d_in {width}, but the SAE expects {sae.d_in}")
-    return activation_metrics(sae, batches)
-
-
 def _trained_dataset(metadata: dict) -> str | None:
     """The corpus an SAE was trained on, if its metadata names one we can read."""
     from .data.corpus import check_dataset
@@ -422,49 +358,25 @@ def _trained_dataset(metadata: dict) -> str | None:
     return dataset
 
 
-def _eval_model(args: argparse.Namespace, sae, model: str, metadata: dict) -> dict:
-    from .data.corpus import check_context_size, check_dataset, describe_dataset, token_windows
-    from .evaluate.lm_metrics import lm_metrics
-    from .evaluate.metrics import activation_metrics
-
+def _eval_model(args: argparse.Namespace, sae: Any) -> dict:
+    """Held-out windows of the SAE's corpus through its model: the flags, else its metadata."""
+    metadata = json.loads((Path(args.sae_dir) / "cfg.json").read_text()).get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}  # load_sae checked the file
+    model = args.model or metadata.get("model_name")
+    if not model:
+        raise ConfigError(f"eval needs --acts PATH or --model M: {args.sae_dir} records "
+                          "no model_name")
     site = args.site or metadata.get("hook_name")
     if not site:
         raise ConfigError(f"eval --model needs --site: {args.sae_dir} records no hook_name")
-    dataset = args.dataset or _trained_dataset(metadata) or DEFAULT_DATASET
-    context_size = args.context_size
-    if context_size is None:
-        context_size = metadata.get("context_size") or 128
-    tokens = args.tokens or 1 << 14
-    lm_batch = args.lm_batch_size or 8
-    check_context_size(context_size)
-    check_dataset(dataset)
+    source = _model_source(args, model, site, dataset=_trained_dataset(metadata),
+                           context_size=metadata.get("context_size"))
     lm = _load_lm(model, args.device, args.model_dtype)
-    check_context_size(context_size, lm.n_ctx)
-    windows = token_windows(lm.tokenizer, dataset, context_size=context_size, n_tokens=tokens,
-                            split="heldout", text_field=args.text_field or "text",
-                            bos_token_id=lm.bos_token_id)
-    width = lm.activations(windows[:1, :2], site).shape[-1]
-    if width != sae.d_in:
-        raise DataError(f"site {site!r} of {model} has width {width}, but the SAE expects "
-                        f"d_in {sae.d_in}")
-
-    def batches() -> Iterator:
-        for start in range(0, len(windows), lm_batch):
-            acts = lm.activations(windows[start:start + lm_batch], site)
-            yield acts[:, 1:].reshape(-1, acts.shape[-1]).float()
-
-    metrics = activation_metrics(sae, batches())
-    lm_result = lm_metrics(lm, sae, site, windows, batch_size=lm_batch)
-    lm_result["lm_n_tokens"] = lm_result.pop("n_tokens")
-    return {
-        **metrics,
-        **lm_result,
-        "model": model,
-        "site": site,
-        "dataset": describe_dataset(dataset),
-        "context_size": context_size,
-        "split": "heldout",
-    }
+    windows = heldout_windows(lm, source, n_tokens=args.tokens or EVAL_TOKENS)
+    metrics = evaluate_saes(lm, {"": sae}, site, windows, sae_batch_size=args.batch_size,
+                            **_given(args, ["lm_batch_size"]))[""]
+    return {**metrics, "model": model, "site": site, "dataset": source.dataset,
+            "context_size": source.context_size, "split": "heldout"}
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -473,47 +385,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     sae = load_sae(args.sae_dir, device=args.device)
-    metadata = _sae_metadata(args.sae_dir)
     if args.acts is not None:
-        metrics = _eval_acts(args, sae)
+        _check_model_flags_unused(args)
+        metrics = evaluate_stored(sae, args.acts, tokens=args.tokens, batch_size=args.batch_size)
     else:
-        model = args.model or metadata.get("model_name")
-        if not model:
-            raise ConfigError(f"eval needs --acts PATH or --model M: {args.sae_dir} records "
-                              "no model_name")
-        metrics = _eval_model(args, sae, model, metadata)
-    metrics.pop("feature_density")
+        metrics = _eval_model(args, sae)
     text = json.dumps(metrics, indent=2)
     atomic_write_text(Path(args.sae_dir) / "metrics.json", text + "\n")
     print(text)
 
 
-# --- synth ------------------------------------------------------------------------------------
-
-
 def cmd_synth(args: argparse.Namespace) -> None:
-    from .data.synthetic import features_path, write_synthetic
+    from .data.synthetic import features_path
 
-    write_synthetic(
-        args.out,
-        args.n,
-        n_features=args.features,
-        d=args.dim,
-        mean_active=args.mean_active,
-        correlated=args.correlated,
-        seed=args.seed,
-    )
+    write_synthetic(args.out, args.n, n_features=args.features, d=args.dim,
+                    correlated=args.correlated, **_given(args, ("mean_active", "seed")))
     print(args.out)
     print(features_path(args.out))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .experiments.demo import run_demo
-
-    report = run_demo(
-        args.out, cache_tokens=args.cache_tokens, train_tokens=args.train_tokens,
-        device=args.device,
-    )
+    report = run_demo(args.out, **_given(args, ("cache_tokens", "train_tokens", "device")))
     print(f"report: {report}")
 
 
@@ -523,8 +415,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if (args.config is None) == (args.preset is None):
         raise ConfigError("sweep needs exactly one of a CONFIG file or --preset")
     config = load_sweep_config(args.config, args.preset)
-    if args.device:
-        config.device = args.device
+    config = replace(config, **_given(args, _flagged(SweepConfig)))
     print(f"results: {Sweep(config, args.out).run()}")
 
 

@@ -16,3 +16,10 @@ class DataError(GatedSAEError):
 class WriteError(GatedSAEError):
     """An output that could not be written for want of space: a full disk or quota, or a
     file larger than the file system or a file-size limit allows."""
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """`value` if it is an integer >= 1 (a bool is not), else a ConfigError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -12,9 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 from .activations_file import check_finite
-from .cache import ActivationCache, check_positive, load_cache
+from .cache import ActivationCache, load_cache
 from .corpus import (
     DEFAULT_DATASET,
     check_context_size,
@@ -22,6 +22,8 @@ from .corpus import (
     iter_windows,
     special_token_ids,
 )
+
+DEFAULT_BUFFER_TOKENS = 1 << 18  # the shuffle buffer of cache and model streams, in tokens
 
 
 @runtime_checkable
@@ -82,10 +84,10 @@ class CacheBatches(BatchStream):
 
     def __init__(
         self, cache: ActivationCache, batch_size: int, seed: int = 0, *,
-        skip_bos: bool = True, buffer_tokens: int = 1 << 18,
+        skip_bos: bool = True, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
     ):
-        check_positive("batch_size", batch_size)
-        check_positive("buffer_tokens", buffer_tokens)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("buffer_tokens", buffer_tokens)
         self.cache, self.batch_size, self.seed, self.skip_bos = cache, batch_size, seed, skip_bos
         self.per_window = cache.context_size - 1 if skip_bos else cache.context_size
         total = cache.n_seq * self.per_window
@@ -142,7 +144,7 @@ class CacheBatches(BatchStream):
 
 def cache_batches(
     cache: ActivationCache | str | os.PathLike, batch_size: int, seed: int = 0, *,
-    skip_bos: bool = True, buffer_tokens: int = 1 << 18,
+    skip_bos: bool = True, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
 ) -> CacheBatches:
     """Shuffled float32 batches of a cache (an ActivationCache or its folder): see CacheBatches."""
     if not isinstance(cache, ActivationCache):
@@ -173,11 +175,11 @@ class ModelBatches(BatchStream):
     def __init__(
         self, lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096,
         seed: int = 0, *, context_size: int = 128, lm_batch_size: int = 32,
-        buffer_tokens: int = 1 << 18, text_field: str = "text", skip_bos: bool = True,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS, text_field: str = "text", skip_bos: bool = True,
     ):
         for name, value in (("batch_size", batch_size), ("lm_batch_size", lm_batch_size),
                             ("buffer_tokens", buffer_tokens)):
-            check_positive(name, value)
+            check_positive_int(name, value)
         check_context_size(context_size, lm.n_ctx)
         check_dataset(dataset)
         self.lm, self.site, self.dataset, self.text_field = lm, site, dataset, text_field

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 from ..files import TMP_SUFFIX, atomic_write_npy, atomic_write_text, writing_to
 from .activations_file import check_finite
 from .corpus import (
+    DEFAULT_CONTEXT_SIZE,
     DEFAULT_DATASET,
     check_context_size,
     check_dataset,
@@ -30,6 +31,7 @@ from .corpus import (
     token_windows,
     windows_for_tokens,
 )
+from .source import model_label
 
 # --- the activation cache -----------------------------------------------------------------
 #
@@ -75,12 +77,6 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 def _model_label(lm: Any) -> str:
     name = str(lm.name)
     return os.path.abspath(name) if os.path.exists(name) else name
-
-
-def check_positive(name: str, value: Any) -> None:
-    """ConfigError unless `value`, a size or count, is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} {value!r} is not accepted; accepted: an integer >= 1")
 
 
 def _read_manifest(folder: Path) -> dict:
@@ -147,7 +143,7 @@ def build_cache(
     *,
     n_tokens: int,
     out: str | os.PathLike,
-    context_size: int = 128,
+    context_size: int = DEFAULT_CONTEXT_SIZE,
     dtype: str = "float32",
     shard_tokens: int = 1 << 18,
     batch_size: int = 32,
@@ -164,9 +160,9 @@ def build_cache(
     if dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache dtype {dtype!r} is not accepted; accepted: "
                           f"{', '.join(CACHE_DTYPES)}")
-    check_positive("n_tokens", n_tokens)
-    check_positive("shard_tokens", shard_tokens)
-    check_positive("batch_size", batch_size)
+    check_positive_int("n_tokens", n_tokens)
+    check_positive_int("shard_tokens", shard_tokens)
+    check_positive_int("batch_size", batch_size)
     check_context_size(context_size, lm.n_ctx)
     check_dataset(dataset)
     out = Path(out)
@@ -182,7 +178,7 @@ def build_cache(
         raise ConfigError(f"site {site!r} gives activations of shape {list(probe.shape)}; "
                           "expected [batch, positions, d]")
     config = {
-        "model": _model_label(lm),
+        "model": model_label(str(lm.name)),
         "model_dtype": str(lm.dtype).removeprefix("torch."),
         "site": site,
         "dataset": describe_dataset(dataset),

@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 
 DEFAULT_DATASET = "builtin:python-docs"
+DEFAULT_CONTEXT_SIZE = 128  # tokens per window, BOS included
 BUILTIN_CORPORA = ("python-docs", "python-source")
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 SPLITS = ("train", "heldout")
@@ -401,7 +402,7 @@ def iter_windows(
     tokenizer: Any,
     dataset: str = DEFAULT_DATASET,
     *,
-    context_size: int = 128,
+    context_size: int = DEFAULT_CONTEXT_SIZE,
     text_field: str = "text",
     split: str = "train",
     bos_token_id: int | None = None,
@@ -450,7 +451,7 @@ def token_windows(
     tokenizer: Any,
     dataset: str = DEFAULT_DATASET,
     *,
-    context_size: int = 128,
+    context_size: int = DEFAULT_CONTEXT_SIZE,
     n_windows: int | None = None,
     n_tokens: int | None = None,
     text_field: str = "text",
@@ -465,13 +466,9 @@ def token_windows(
     if n_windows is not None and n_tokens is not None:
         raise ConfigError("give n_windows or n_tokens, not both")
     if n_tokens is not None:
-        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-            raise ConfigError(f"n_tokens {n_tokens!r} is not accepted; accepted: an integer >= 1")
-        n_windows = windows_for_tokens(n_tokens, context_size)
-    if n_windows is not None and (
-        isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1
-    ):
-        raise ConfigError(f"n_windows {n_windows!r} is not accepted; accepted: an integer >= 1")
+        n_windows = windows_for_tokens(check_positive_int("n_tokens", n_tokens), context_size)
+    if n_windows is not None:
+        check_positive_int("n_windows", n_windows)
     stream = iter_windows(tokenizer, dataset, context_size=context_size, text_field=text_field,
                           split=split, bos_token_id=bos_token_id)
     rows = list(itertools.islice(stream, n_windows))

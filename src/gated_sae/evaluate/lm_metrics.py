@@ -20,8 +20,10 @@ import torch
 from tqdm import tqdm
 
 from ..data.lm import LanguageModel
-from ..errors import ConfigError
+from ..errors import ConfigError, check_positive_int
 from ..saes.base import SAE
+
+LM_BATCH_SIZE = 8  # windows per forward
 
 
 def lm_metrics(
@@ -30,7 +32,7 @@ def lm_metrics(
     site: str,
     windows: torch.Tensor,
     *,
-    batch_size: int = 8,
+    batch_size: int = LM_BATCH_SIZE,
     skip_bos: bool = True,
 ) -> dict:
     """Cross-entropy of `lm` on `windows` [n, T], clean, with x̂ spliced in, and with zeros.
@@ -130,8 +132,7 @@ def _nll_sum(log_probs: torch.Tensor, targets: torch.Tensor) -> float:
 
 def _check(lm: LanguageModel, sae: SAE, site: str, windows: torch.Tensor, first: int,
            batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.is_floating_point():
         got = (f"a {windows.dtype} tensor of shape {list(windows.shape)}"
                if isinstance(windows, torch.Tensor) else type(windows).__name__)

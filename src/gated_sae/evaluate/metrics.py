@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 
@@ -98,12 +98,8 @@ def activation_metrics(
     taken as one batch. Batches are cast to the SAE's dtype and device for the forward pass,
     but errors are measured against the batches as given.
     """
-    if dead_window is not None and (
-        isinstance(dead_window, bool) or not isinstance(dead_window, int) or dead_window <= 0
-    ):
-        raise ConfigError(
-            f"dead_window must be a positive number of tokens or None, got {dead_window!r}"
-        )
+    if dead_window is not None:
+        check_positive_int("dead_window", dead_window)
     if isinstance(batches, torch.Tensor):
         batches = [batches]
     d_in = getattr(sae, "d_in", None)

@@ -14,19 +14,12 @@ import torch
 
 from ..data.batches import cache_batches
 from ..data.cache import build_cache, load_cache
-from ..data.corpus import token_windows
-from ..data.lm import load_model
-from ..evaluate.lm_metrics import lm_metrics
-from ..evaluate.metrics import activation_metrics
+from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE, load_model
+from ..data.source import ActivationSource
+from ..evaluate.pipeline import evaluate_saes, heldout_windows
 from ..files import atomic_write_bytes, atomic_write_text
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
 
-MODEL, SITE, DATASET, CONTEXT = (
-    "smollm2-135m",
-    "blocks.15.hook_resid_post",
-    "builtin:python-docs",
-    128,
-)
 D_SAE = 4608
 
 # Short-run settings: at a few hundred steps the papers' lr (3e-4) leaves the encoder biases
@@ -51,12 +44,9 @@ def run_demo(
 ) -> Path:
     """Run the demo into `out` (rerunning resumes) and return the report's path."""
     out = Path(out)
-    lm = load_model(MODEL, device=device)
-    cache = load_cache(
-        build_cache(
-            lm, SITE, DATASET, n_tokens=cache_tokens, out=out / "cache", context_size=CONTEXT
-        )
-    )
+    lm = load_model(DEFAULT_MODEL, device=device)
+    cache = load_cache(build_cache(lm, DEFAULT_SITE, n_tokens=cache_tokens, out=out / "cache"))
+    source = ActivationSource.of_cache(cache.manifest)
     config = TrainConfig(
         saes=[SAEConfig(**{**vars(s), "options": dict(s.options)}) for s in DEMO_SAES],
         batch_size=batch_size,
@@ -66,39 +56,23 @@ def run_demo(
         lr_warmup_steps=20,
         checkpoint_every=100,
     )
-    metadata = {
-        "model_name": MODEL,
-        "hook_name": SITE,
-        "context_size": CONTEXT,
-        "dataset_path": DATASET,
-        "prepend_bos": True,
-    }
-    saes = Trainer(config, out / "saes", metadata).fit(cache_batches(cache, batch_size, seed))
-
-    windows = token_windows(
-        lm.tokenizer,
-        DATASET,
-        context_size=CONTEXT,
-        n_windows=eval_windows,
-        split="heldout",
-        bos_token_id=lm.bos_token_id,
+    saes = Trainer(config, out / "saes", source.sae_metadata()).fit(
+        cache_batches(cache, batch_size, seed)
     )
-    acts = lm.activations(windows, SITE)[:, 1:].reshape(-1, lm.d_model).float()
-    lm_results = lm_metrics(lm, saes, SITE, windows)
-    rows = {}
-    for name, sae in saes.items():
-        metrics = activation_metrics(sae, acts.split(4096))
-        metrics.pop("feature_density")
-        rows[name] = {**metrics, **lm_results[name]}
+
+    windows = heldout_windows(lm, source, n_windows=eval_windows)
+    rows = evaluate_saes(lm, saes, source.site, windows)
+    for row in rows.values():  # the demo's n_tokens has always been the LM metrics' count
+        row["n_tokens"] = row.pop("lm_n_tokens")
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     plot_path = out / "demo.png"
-    _plot(rows, plot_path)
+    _plot(rows, source, plot_path)
     report = out / "report.md"
-    atomic_write_text(report, _report(rows, config, cache.n_tokens, plot_path.name))
+    atomic_write_text(report, _report(rows, source, config, cache.n_tokens, plot_path.name))
     return report
 
 
-def _plot(rows: dict, path: Path) -> None:
+def _plot(rows: dict, source: ActivationSource, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,13 +89,15 @@ def _plot(rows: dict, path: Path) -> None:
         ax.set_xlabel("L0 (active latents per token)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{MODEL} {SITE}, d_sae {D_SAE}")
+    fig.suptitle(f"{source.model} {source.site}, d_sae {D_SAE}")
     fig.tight_layout()
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
-def _report(rows: dict, config: TrainConfig, cached_tokens: int, plot_name: str) -> str:
+def _report(
+    rows: dict, source: ActivationSource, config: TrainConfig, cached_tokens: int, plot_name: str
+) -> str:
     header = "| SAE | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
     body = "".join(
         f"| {name} | " + " | ".join(f"{row[c]:.4g}" for c in COLUMNS) + " |\n"
@@ -139,7 +115,8 @@ def _report(rows: dict, config: TrainConfig, cached_tokens: int, plot_name: str)
     )
     return (
         f"# gated-sae demo\n\n"
-        f"{MODEL} at `{SITE}`, corpus `{DATASET}`: {cached_tokens:,} cached tokens, "
+        f"{source.model} at `{source.site}`, corpus `{source.dataset}`: "
+        f"{cached_tokens:,} cached tokens, "
         f"{config.tokens:,} training tokens (batch {config.batch_size}), d_sae {D_SAE}, "
         f"torch {torch.__version__}.\n\n{settings}\n\n"
         f"Measured on {rows[best]['n_tokens']:,} held-out tokens (BOS excluded). "

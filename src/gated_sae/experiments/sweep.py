@@ -27,14 +27,16 @@ import yaml
 from .. import __version__
 from ..data.batches import cache_batches
 from ..data.cache import build_cache, load_cache
-from ..data.corpus import token_windows
-from ..errors import ConfigError, DataError
-from ..evaluate.lm_metrics import lm_metrics
-from ..evaluate.metrics import activation_metrics
+from ..data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
+from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE
+from ..data.source import ActivationSource
+from ..errors import ConfigError, DataError, check_positive_int
+from ..evaluate.pipeline import evaluate_saes, heldout_windows
 from ..files import atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
-from .results import MEASURED, results_text
+from .pareto import METRICS
+from .results import results_text
 
 PRESETS = ("questions", "paper")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
@@ -43,22 +45,35 @@ GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "r
 
 @dataclass
 class SweepConfig:
-    """A sweep: where activations come from, what every SAE shares, and the grid."""
+    """A sweep: where activations come from, what every SAE shares, and the grid.
+
+    With an existing `cache`, the activations' model, site, dataset and context size are the
+    cache's: those settings may be left out, and one that differs is an error. Without one,
+    they default to the package's defaults and the cache is built in DIR/cache.
+    """
 
     grid: list[dict]
-    model: str = "smollm2-135m"
-    site: str = "blocks.15.hook_resid_post"
-    dataset: str = "builtin:python-docs"
-    cache: str | None = None  # an existing cache folder; default: built in DIR/cache
-    cache_tokens: int = 200_000
-    context_size: int = 128
-    tokens: int = 500_000  # training tokens per SAE
-    batch_size: int = 1024
+    model: str | None = field(default=None, metadata={
+        "help": f"the language model (default: the cache's, else {DEFAULT_MODEL})"})
+    site: str | None = field(default=None, metadata={
+        "help": f"the activation site (default: the cache's, else {DEFAULT_SITE})"})
+    dataset: str | None = field(default=None, metadata={
+        "help": f"the corpus (default: the cache's, else {DEFAULT_DATASET})"})
+    cache: str | None = field(default=None, metadata={
+        "help": "an existing activation cache folder (default: build one in DIR/cache)"})
+    cache_tokens: int = field(default=200_000, metadata={"help": "tokens to cache"})
+    context_size: int | None = field(default=None, metadata={
+        "help": f"tokens per window (default: the cache's, else {DEFAULT_CONTEXT_SIZE})"})
+    tokens: int = field(default=500_000, metadata={"help": "training tokens per SAE"})
+    batch_size: int = field(default=1024, metadata={"help": "activations per SAE step"})
     seeds: list[int] = field(default_factory=lambda: [0])
-    main_width: int | None = None  # the width of the frontiers and ablations
-    max_saes_per_pass: int = 16
-    eval_windows: int = 32  # held-out windows for loss recovered
-    device: str = "cpu"
+    main_width: int | None = field(default=None, metadata={
+        "help": "the width of the frontiers and ablations"})
+    max_saes_per_pass: int = field(default=16, metadata={
+        "help": "SAEs trained together on one read of the cache"})
+    eval_windows: int = field(default=32, metadata={
+        "help": "held-out windows for the evaluation"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
     train: dict = field(default_factory=dict)  # further TrainConfig settings
 
     @classmethod
@@ -180,20 +195,20 @@ class Sweep:
     def __init__(self, config: SweepConfig, out: str | Path):
         self.config, self.out = config, Path(out)
         self.points = expand_grid(config)
-        if not isinstance(config.max_saes_per_pass, int) or config.max_saes_per_pass <= 0:
-            raise ConfigError(
-                f"max_saes_per_pass must be a positive integer, got {config.max_saes_per_pass!r}"
-            )
+        check_positive_int("max_saes_per_pass", config.max_saes_per_pass)
         self.results_path = self.out / "results.csv"
         self._lm = None
-        self._heldout = None
+        self._windows = None
 
     def run(self) -> Path:
         cfg = self.config
         done = self._read_results()
         cache = self._cache()  # first: a bad model, site or corpus leaves no folder behind
+        source = ActivationSource.of_cache(cache.manifest)
+        source.check_agrees(f"cache {cache.path}", model=cfg.model, site=cfg.site,
+                            dataset=cfg.dataset, context_size=cfg.context_size)
         self.out.mkdir(parents=True, exist_ok=True)
-        record = self._record(cache.d_in)
+        record = self._record(cache.d_in, source)
         atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
         passes = plan_passes(self.points, cfg.max_saes_per_pass)
         for index, (pass_id, points) in enumerate(passes, 1):
@@ -209,104 +224,69 @@ class Sweep:
                 device=cfg.device,
                 **cfg.train,
             )
-            metadata = {
-                "model_name": cache.manifest["model"],
-                "hook_name": cache.manifest["site"],
-                "context_size": cache.context_size,
-                "dataset_path": cache.manifest["dataset"],
-                "prepend_bos": True,
-            }
-            trainer = Trainer(train, self.out / "passes" / pass_id, metadata)
+            trainer = Trainer(train, self.out / "passes" / pass_id, source.sae_metadata())
             saes = trainer.fit(cache_batches(cache, cfg.batch_size, points[0].seed))
-            for point, row in zip(
-                todo,
-                self._evaluate({p.sae.name: saes[p.sae.name] for p in todo}, todo),
-                strict=True,
-            ):
-                done[point.sae.name] = row
+            metrics = self._evaluate({p.sae.name: saes[p.sae.name] for p in todo}, source)
+            for point in todo:
+                done[point.sae.name] = self._row(point, metrics[point.sae.name])
             self._write_results(done)
         return self.results_path
 
     # --- data ---------------------------------------------------------------------------
 
     def _cache(self):
+        """The existing cache, or one built in DIR/cache from the settings or the defaults."""
         cfg = self.config
         if cfg.cache is not None:
             return load_cache(cfg.cache)
-        lm = self._model()
         return load_cache(
             build_cache(
-                lm,
-                cfg.site,
-                cfg.dataset,
+                self._model(cfg.model or DEFAULT_MODEL),
+                cfg.site or DEFAULT_SITE,
+                cfg.dataset or DEFAULT_DATASET,
                 n_tokens=cfg.cache_tokens,
                 out=self.out / "cache",
-                context_size=cfg.context_size,
+                context_size=DEFAULT_CONTEXT_SIZE if cfg.context_size is None else cfg.context_size,
             )
         )
 
-    def _model(self):
+    def _model(self, name: str):
+        """The sweep's one model, loaded once: the one its cache is built from or holds."""
         if self._lm is None:
             from ..data.lm import load_model
 
-            self._lm = load_model(self.config.model, device=self.config.device)
+            self._lm = load_model(name, device=self.config.device)
         return self._lm
-
-    def _heldout_data(self, site: str):
-        """Held-out windows and their activations at the site (BOS dropped), computed once."""
-        if self._heldout is None:
-            lm = self._model()
-            windows = token_windows(
-                lm.tokenizer,
-                self.config.dataset,
-                context_size=self.config.context_size,
-                n_windows=self.config.eval_windows,
-                split="heldout",
-                bos_token_id=lm.bos_token_id,
-            )
-            acts = lm.activations(windows, site)[:, 1:].reshape(-1, lm.d_model).float()
-            self._heldout = (windows, acts)
-        return self._heldout
 
     # --- evaluation and results ---------------------------------------------------------
 
-    def _evaluate(self, saes: dict, points: list[SweepPoint]) -> list[dict]:
-        site = (
-            self.config.site
-            if self.config.cache is None
-            else load_cache(self.config.cache).manifest["site"]
-        )
-        windows, acts = self._heldout_data(site)
-        lm_results = lm_metrics(self._model(), saes, site, windows)
-        rows = []
-        for point in points:
-            metrics = activation_metrics(saes[point.sae.name], acts.split(4096))
-            metrics = {
-                **metrics,
-                **lm_results[point.sae.name],
-                "eval_tokens": lm_results[point.sae.name]["n_tokens"],
-            }
-            sae = point.sae
-            rows.append(
-                {
-                    "name": sae.name,
-                    "arch": sae.arch,
-                    "variant": point.variant,
-                    "options": json.dumps(
-                        {k: v for k, v in sae.options.items() if k != "k"}, sort_keys=True
-                    ),
-                    "d_sae": sae.d_sae,
-                    "lr": sae.lr,
-                    "sparsity_coef": "" if "k" in sae.options else sae.sparsity_coef,
-                    "k": sae.options.get("k", ""),
-                    "seed": point.seed,
-                    "tokens": self.config.tokens,
-                    "batch_size": self.config.batch_size,
-                    "role": ";".join(sorted(point.roles)),
-                    **{m: metrics[m] for m in MEASURED},
-                }
-            )
-        return rows
+    def _evaluate(self, saes: dict, source: ActivationSource) -> dict[str, dict]:
+        """The SAEs' metrics on the same held-out windows of the cache's corpus and model."""
+        lm = self._model(source.model)
+        if self._windows is None:
+            self._windows = heldout_windows(lm, source, n_windows=self.config.eval_windows)
+        return evaluate_saes(lm, saes, source.site, self._windows)
+
+    def _row(self, point: SweepPoint, metrics: dict) -> dict:
+        sae = point.sae
+        return {
+            "name": sae.name,
+            "arch": sae.arch,
+            "variant": point.variant,
+            "options": json.dumps(
+                {k: v for k, v in sae.options.items() if k != "k"}, sort_keys=True
+            ),
+            "d_sae": sae.d_sae,
+            "lr": sae.lr,
+            "sparsity_coef": "" if "k" in sae.options else sae.sparsity_coef,
+            "k": sae.options.get("k", ""),
+            "seed": point.seed,
+            "tokens": self.config.tokens,
+            "batch_size": self.config.batch_size,
+            "role": ";".join(sorted(point.roles)),
+            **{m: metrics[m] for m in METRICS},
+            "eval_tokens": metrics["lm_n_tokens"],
+        }
 
     def _read_results(self) -> dict[str, dict]:
         if not self.results_path.is_file():
@@ -319,9 +299,10 @@ class Sweep:
         names = sorted(rows, key=lambda n: order.get(n, math.inf))
         atomic_write_text(self.results_path, results_text(rows[name] for name in names))
 
-    def _record(self, d_in: int) -> dict:
+    def _record(self, d_in: int, source: ActivationSource) -> dict:
+        resolved = {k: getattr(source, k) for k in ("model", "site", "dataset", "context_size")}
         return {
-            "config": asdict(self.config),
+            "config": {**asdict(self.config), **resolved},
             "d_in": d_in,
             "n_saes": len(self.points),
             "versions": {

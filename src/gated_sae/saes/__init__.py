@@ -8,7 +8,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_positive_int
 from .base import SAE, LossTerms, TrainOutput
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
@@ -58,9 +58,8 @@ def variant_order() -> tuple[str, ...]:
 def create_sae(arch: str, *, d_in: int, d_sae: int, **options) -> SAE:
     """A freshly initialised SAE: `arch` in relu, gated, topk, batchtopk, jumprelu."""
     cls = sae_class(arch)
-    for name, value in (("d_in", d_in), ("d_sae", d_sae)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("d_in", d_in)
+    check_positive_int("d_sae", d_sae)
     accepted = architecture_options(arch)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

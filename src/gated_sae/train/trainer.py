@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.batches import BatchStream
-from ..errors import ConfigError, DataError, GatedSAEError
+from ..errors import ConfigError, DataError, GatedSAEError, check_positive_int
 from ..files import append_whole, atomic_write_text
 from ..saes import ARCHITECTURES, SAE, sae_class
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -34,13 +34,21 @@ SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale an
 class SAEConfig:
     """One SAE of a run: its architecture, width, options and optimisation settings."""
 
-    arch: str
-    d_sae: int
-    lr: float | None = None  # None: the architecture's default (see default_lr)
-    sparsity_coef: float | None = None  # λ; unused by topk/batchtopk (they take options.k)
+    arch: str = field(metadata={"help": ", ".join(ARCHITECTURES)})
+    d_sae: int = field(metadata={"help": "number of latents"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate (default: the architecture's; 3e-4, topk and batchtopk "
+                "2e-4/√(d_sae/2^14))"})
+    sparsity_coef: float | None = field(default=None, metadata={
+        "help": "λ of the sparsity penalty; topk and batchtopk take options.k instead "
+                "(default: " + ", ".join(f"{name} {cls.default_sparsity_coef:g}"
+                                         for name, cls in ARCHITECTURES.items()
+                                         if cls.default_sparsity_coef) + ")"})
     options: dict = field(default_factory=dict)
     name: str | None = None
-    resample_every: int = 0  # steps between dead-latent resamplings (relu/gated), 0 = off
+    resample_every: int = field(
+        default=0, metadata={"help": "steps between dead-latent resamplings (relu, gated); 0 = off"}
+    )
 
     def __post_init__(self):
         architecture = sae_class(self.arch)  # raises on an unknown architecture
@@ -50,7 +58,7 @@ class SAEConfig:
             raise ConfigError(
                 f"unknown option {unknown[0]!r} for {self.arch}; accepted: {', '.join(accepted)}"
             )
-        _positive_int("d_sae", self.d_sae)
+        check_positive_int("d_sae", self.d_sae)
         if self.lr is None:
             self.lr = architecture.default_lr(self.d_sae)
         if self.sparsity_coef is None:
@@ -72,26 +80,39 @@ class TrainConfig:
     """A training run: the SAEs, and what they share (batches, token budget, schedules)."""
 
     saes: list[SAEConfig]
-    batch_size: int = 4096
-    tokens: int = 10_000_000
-    seed: int = 0
-    device: str = "cpu"
-    lr_warmup_steps: int = 100
-    lr_decay_fraction: float = 0.2
-    sparsity_warmup_fraction: float = 0.05
-    dead_tokens: int | None = None  # dead = no firing in this many tokens; None: tokens // 10
-    step: str = "auto"  # dense, sparse, or auto: whichever is cheaper at the current density
-    precision: str = "float32"  # or bf16: bfloat16 autocast over float32 master weights
-    checkpoint_every: int = 500  # steps; 0 = only at the end
-    log_every: int = 10
-    wandb_project: str | None = None
+    batch_size: int = field(default=4096, metadata={"help": "activations per SAE step"})
+    tokens: int = field(default=10_000_000, metadata={"help": "training tokens"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and shuffling"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
+    lr_warmup_steps: int = field(default=100, metadata={"help": "steps of linear lr warmup"})
+    lr_decay_fraction: float = field(
+        default=0.2, metadata={"help": "final fraction of steps over which the lr decays to 0"}
+    )
+    sparsity_warmup_fraction: float = field(
+        default=0.05, metadata={"help": "first fraction of steps over which λ ramps up from 0"}
+    )
+    dead_tokens: int | None = field(
+        default=None, metadata={"help": "a latent is dead after this many tokens without "
+                                "firing (default: tokens // 10, at least batch_size, at most 10M)"}
+    )
+    step: str = field(default="auto", metadata={
+        "help": "dense, sparse, or auto: whichever is cheaper at the current density"})
+    precision: str = field(default="float32", metadata={
+        "help": "float32, or bf16: bfloat16 autocast over float32 master weights"})
+    checkpoint_every: int = field(
+        default=500, metadata={"help": "steps between checkpoints; 0 = only at the end"}
+    )
+    log_every: int = field(default=10, metadata={"help": "steps between logged metrics"})
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "also log to this wandb project"}
+    )
 
     def __post_init__(self):
         self.saes = [s if isinstance(s, SAEConfig) else SAEConfig(**s) for s in self.saes]
         if not self.saes:
             raise ConfigError("a run needs at least one SAE")
         for name in ("batch_size", "tokens", "log_every"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.tokens < self.batch_size:
             raise ConfigError(
                 f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})"
@@ -108,7 +129,7 @@ class TrainConfig:
             raise ConfigError("lr_decay_fraction and sparsity_warmup_fraction must be in [0, 1]")
         if self.dead_tokens is None:
             self.dead_tokens = min(10_000_000, max(self.tokens // 10, self.batch_size))
-        _positive_int("dead_tokens", self.dead_tokens)
+        check_positive_int("dead_tokens", self.dead_tokens)
         unnamed = [s for s in self.saes if s.name is None]
         for s in unnamed:
             same_arch = [c for c in unnamed if c.arch == s.arch]
@@ -146,11 +167,6 @@ class TrainConfig:
             return cls(**{**raw, "saes": [SAEConfig(**s) for s in saes]})
         except TypeError as e:
             raise ConfigError(f"incomplete config: {e}") from None
-
-
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _positive(name: str, value) -> None:

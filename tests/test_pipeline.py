@@ -1,0 +1,93 @@
+"""The evaluation pipeline against its parts computed one SAE at a time: held-out windows of
+the source, activation and LM metrics of many SAEs at once, and stored activations."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import _SENTENCES, TINY_N_CTX, save_tiny_model
+
+from gated_sae import create_sae
+from gated_sae.data.cache import build_cache, load_cache
+from gated_sae.data.corpus import token_windows
+from gated_sae.data.lm import load_model
+from gated_sae.data.source import ActivationSource
+from gated_sae.errors import ConfigError, DataError
+from gated_sae.evaluate.lm_metrics import lm_metrics
+from gated_sae.evaluate.metrics import activation_metrics
+from gated_sae.evaluate.pipeline import evaluate_saes, evaluate_stored, heldout_windows
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SITE = "blocks.1.hook_resid_post"
+CTX = 10
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(_SENTENCES * 100))
+    lm = load_model(str(save_tiny_model("gpt2", root / "model")))
+    torch.manual_seed(0)
+    saes = {"relu": create_sae("relu", d_in=lm.d_model, d_sae=48),
+            "topk": create_sae("topk", d_in=lm.d_model, d_sae=48, k=4)}
+    for sae in saes.values():  # away from the initialisation's zero biases
+        for p in sae.parameters():
+            p.data += 0.05 * torch.randn_like(p)
+    return lm, corpus, saes
+
+
+def test_heldout_windows_are_the_sources_heldout_split(setup):
+    lm, corpus, _ = setup
+    source = ActivationSource(lm.name, SITE, str(corpus), CTX)
+    expected = token_windows(lm.tokenizer, str(corpus), context_size=CTX, n_windows=5,
+                             split="heldout", bos_token_id=lm.bos_token_id)
+    assert torch.equal(heldout_windows(lm, source, n_windows=5), expected)
+    assert len(heldout_windows(lm, source, n_tokens=3 * CTX + 1)) == 4
+    too_long = ActivationSource(lm.name, SITE, str(corpus), TINY_N_CTX + 1)
+    with pytest.raises(ConfigError, match=f"larger than the model's context length {TINY_N_CTX}"):
+        heldout_windows(lm, too_long, n_windows=1)
+
+
+def test_many_saes_get_the_metrics_each_would_get_alone(setup):
+    lm, corpus, saes = setup
+    windows = heldout_windows(lm, ActivationSource(lm.name, SITE, str(corpus), CTX), n_windows=7)
+    got = evaluate_saes(lm, saes, SITE, windows, lm_batch_size=3, sae_batch_size=20)
+    acts = lm.activations(windows, SITE)[:, 1:].reshape(-1, lm.d_model)
+    # Other batch shapes round differently in float32: equal to float32 precision.
+    for name, sae in saes.items():
+        alone = activation_metrics(sae, acts)
+        alone.pop("feature_density")
+        spliced = lm_metrics(lm, sae, SITE, windows)
+        assert set(got[name]) == set(alone) | set(spliced) - {"n_tokens"} | {"lm_n_tokens"}
+        for key, value in alone.items():
+            assert got[name][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        for key in ("ce_clean", "ce_sae", "ce_zero", "loss_recovered", "delta_loss", "kl"):
+            assert got[name][key] == pytest.approx(spliced[key], rel=1e-6), key
+        assert got[name]["n_tokens"] == 7 * (CTX - 1)
+        assert got[name]["lm_n_tokens"] == spliced["n_tokens"] == 7 * (CTX - 2)
+    assert got["relu"]["ce_sae"] != got["topk"]["ce_sae"]
+
+
+def test_stored_activations_of_a_file_and_of_a_cache(setup, tmp_path):
+    lm, corpus, saes = setup
+    sae = saes["relu"]
+    cache = build_cache(lm, SITE, str(corpus), n_tokens=30 * CTX, out=tmp_path / "cache",
+                        context_size=CTX, progress=False)
+    rows = load_cache(cache).activations[:][:, 1:].reshape(-1, lm.d_model).float()
+    for tokens in (None, 100):
+        expected = activation_metrics(sae, rows[:tokens])
+        got = evaluate_stored(sae, cache, tokens=tokens, batch_size=25)
+        assert got["n_tokens"] == len(rows[:tokens]) and "feature_density" not in got
+        for key in ("l0", "fvu", "gamma", "dead_fraction"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+    file = tmp_path / "acts.npy"
+    np.save(file, rows.numpy())
+    assert evaluate_stored(sae, file, tokens=100)["l0"] == pytest.approx(
+        activation_metrics(sae, rows[:100])["l0"])
+    with pytest.raises(DataError, match=f"tokens 1000 is more than the {len(rows)}"):
+        evaluate_stored(sae, file, tokens=1000)
+    with pytest.raises(DataError, match="has d_in 32, but the SAE expects 16"):
+        evaluate_stored(create_sae("relu", d_in=16, d_sae=8), Path(cache))
