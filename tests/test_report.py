@@ -8,219 +8,39 @@ from __future__ import annotations
 import base64
 import html.parser
 import io
-import json
 import math
 import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from synthetic_sweep import (
+    ABLATION_LR,
+    ABLATION_OFFSET,
+    BEST_LR,
+    COEFS,
+    D_IN,
+    GAMMA,
+    GATED_MARGIN,
+    LRS,
+    MAIN,
+    RECORD,
+    SEED_NOISE,
+    WIDTH_GAIN,
+    fidelity,
+    lr_penalty,
+    sweep_results,
+    synthetic_rows,
+    write_sweep,
+)
 
 from gated_sae.errors import DataError
 from gated_sae.experiments.pareto import Comparison
 from gated_sae.experiments.report import findings, write_report
-from gated_sae.experiments.report.model import SweepResults, read_record
+from gated_sae.experiments.report.model import SweepResults
 from gated_sae.experiments.report.prose import b_mag_summary
-from gated_sae.experiments.results import read_results, results_text
 
-# --- a synthetic sweep with known answers ---------------------------------------------------
-
-D_IN, MAIN = 64, 512
-LRS = (1e-4, 3e-4, 1e-3)
-COEFS = (1.0, 3.0, 10.0)
-L0 = {"relu": {1.0: 80, 3.0: 40, 10.0: 16}, "gated": {1.0: 60, 3.0: 30, 10.0: 12}}
-GAMMA = {"relu": {1.0: 0.95, 3.0: 0.90, 10.0: 0.84}, "gated": {1.0: 0.995, 3.0: 0.99, 10.0: 0.985}}
-BEST_LR = {"relu": 3e-4, "gated": 1e-3, "topk": 3e-4}
-GATED_MARGIN = 0.03  # gated above relu at matched L0, each at its best lr
-WIDTH_GAIN = 0.02  # loss recovered gained per doubling of d_sae
-SEED_NOISE = 0.002  # seed 0 adds it, seed 1 subtracts it: spread 0.004
-ABLATION_LR = 3e-4  # not gated's best lr: the report must compare gated at this lr
 NOT_MEASURED_TEXT = "not measured in this sweep"
-ABLATION_OFFSET = {"no b_mag": -0.002, "no r_mag": -0.010, "untied": 0.001, "RI-L1": -0.006}
-ABLATION_OPTIONS = {
-    "no b_mag": {"b_mag": False},
-    "no r_mag": {"r_mag": False},
-    "untied": {"tied": False},
-    "RI-L1": {"ri_l1": True},
-}
-
-
-def _fidelity(l0: float, offset: float) -> float:
-    """Loss recovered linear in ln L0, so frontier interpolation is exact."""
-    return 0.70 + 0.05 * math.log(l0) + offset
-
-
-def _lr_penalty(arch: str, lr: float) -> float:
-    return 0.02 * abs(LRS.index(lr) - LRS.index(BEST_LR[arch]))
-
-
-def _metrics(l0: float, loss_recovered: float, gamma: float, seed: int) -> dict:
-    noise = SEED_NOISE if seed == 0 else -SEED_NOISE
-    lr_ = loss_recovered + noise
-    fvu = 1.2 - lr_
-    ce_sae = 10.0 - 7.0 * lr_
-    return {
-        "l0": l0,
-        "fvu": fvu,
-        "explained_variance": 1 - fvu,
-        "mse": 2 * fvu,
-        "gamma": gamma + noise,
-        "dead_fraction": 0.3 / l0,
-        "dense_fraction": 0.0,
-        "ce_clean": 3.0,
-        "ce_sae": ce_sae,
-        "ce_zero": 10.0,
-        "loss_recovered": lr_,
-        "delta_loss": ce_sae - 3.0,
-        "kl": 0.9 * (ce_sae - 3.0),
-        "eval_tokens": 4064,
-    }
-
-
-def synthetic_rows() -> list[dict]:
-    rows = []
-
-    def add(arch, variant, d_sae, lr, level, roles, l0, fidelity, gamma, options=None):
-        k_like = arch in ("topk", "batchtopk")
-        for seed in (0, 1):
-            rows.append(
-                {
-                    "name": f"{variant}-{d_sae}-{lr}-{level}-{seed}".replace(" ", "_"),
-                    "arch": arch,
-                    "variant": variant,
-                    "options": json.dumps(options or {}),
-                    "d_sae": d_sae,
-                    "lr": lr,
-                    "sparsity_coef": "" if k_like else level,
-                    "k": level if k_like else "",
-                    "seed": seed,
-                    "tokens": 250_000,
-                    "batch_size": 1024,
-                    "role": ";".join(sorted(roles)),
-                    **_metrics(l0, fidelity, gamma, seed),
-                }
-            )
-
-    for arch in ("relu", "gated"):
-        margin = GATED_MARGIN if arch == "gated" else 0.0
-        for lr in LRS:
-            for coef in COEFS:
-                roles = {"lr_sweep", "seeds"}
-                if lr == BEST_LR[arch]:
-                    roles.add("width")
-                l0 = L0[arch][coef]
-                add(
-                    arch,
-                    arch,
-                    MAIN,
-                    lr,
-                    coef,
-                    roles,
-                    l0,
-                    _fidelity(l0, margin - _lr_penalty(arch, lr)),
-                    GAMMA[arch][coef],
-                )
-        for width in (256, 1024):
-            for coef in COEFS:
-                l0 = L0[arch][coef]
-                add(
-                    arch,
-                    arch,
-                    width,
-                    BEST_LR[arch],
-                    coef,
-                    {"width"},
-                    l0,
-                    _fidelity(l0, margin + WIDTH_GAIN * math.log2(width / MAIN)),
-                    GAMMA[arch][coef],
-                )
-    for width in (384, 768, 1536):  # relu 1.5× wider: equal compute
-        for coef in COEFS:
-            l0 = L0["relu"][coef]
-            add(
-                "relu",
-                "relu",
-                width,
-                BEST_LR["relu"],
-                coef,
-                {"equal_compute"},
-                l0,
-                _fidelity(l0, WIDTH_GAIN * math.log2(width / MAIN)),
-                GAMMA["relu"][coef],
-            )
-    for name, offset in ABLATION_OFFSET.items():
-        for coef in COEFS:
-            l0 = 1.05 * L0["gated"][coef]
-            penalty = _lr_penalty("gated", ABLATION_LR)
-            add(
-                "gated",
-                f"gated {name}",
-                MAIN,
-                ABLATION_LR,
-                coef,
-                {"ablation"},
-                l0,
-                _fidelity(l0, GATED_MARGIN - penalty + offset),
-                0.99,
-                ABLATION_OPTIONS[name],
-            )
-    for lr in LRS:
-        for k in (16, 32, 64):
-            add(
-                "topk",
-                "topk",
-                MAIN,
-                lr,
-                k,
-                {"lr_sweep"},
-                k,
-                _fidelity(k, GATED_MARGIN + 0.005 - _lr_penalty("topk", lr)),
-                0.97,
-                {"k": k},
-            )
-    for coef, l0 in ((0.05, 50), (0.1, 25), (0.2, 12)):
-        add(
-            "jumprelu",
-            "jumprelu",
-            MAIN,
-            3e-4,
-            coef,
-            {"lr_sweep"},
-            l0,
-            _fidelity(l0, GATED_MARGIN),
-            0.98,
-        )
-    return rows
-
-
-def write_sweep(folder: Path, rows: list[dict], record: dict | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.csv").write_text(results_text(rows))
-    if record is not None:
-        (folder / "sweep.json").write_text(json.dumps(record))
-    return folder
-
-
-def sweep_results(folder: Path) -> SweepResults:
-    """The sweep in `folder` as the report reads it."""
-    return SweepResults(read_results(folder / "results.csv"), read_record(folder / "sweep.json"))
-
-
-RECORD = {
-    "config": {
-        "model": "smollm2-135m",
-        "site": "blocks.15.hook_resid_post",
-        "dataset": "builtin:python-docs",
-        "tokens": 250_000,
-        "batch_size": 1024,
-        "seeds": [0, 1],
-        "main_width": MAIN,
-        "grid": [{"arch": "relu", "d_sae": MAIN}],
-    },
-    "d_in": D_IN,
-    "versions": {"gated_sae": "0.1.0", "torch": "2.13.0"},
-    "created": "2026-01-01T00:00:00+0000",
-}
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +140,7 @@ def test_q2_finds_each_best_lr_the_frontier_margin_and_shrinkage(results):
     # the fidelity table: relu at λ = 1 (L0 80) loses 0.02 per lr step from 3e-4
     lrs, (arch, best, values) = q2.grid.lrs, q2.grid.rows[0]
     assert lrs == list(LRS) and arch == "relu" and best["sparsity_coef"] == 1.0
-    assert values == pytest.approx([_fidelity(80, -0.02), _fidelity(80, 0), _fidelity(80, -0.02)])
+    assert values == pytest.approx([fidelity(80, -0.02), fidelity(80, 0), fidelity(80, -0.02)])
     # relu L0 16–80, gated 12–60: compared at 16, √(16·60), 60, gated 0.03 above
     assert [c.l0_ref for c in q2.frontier] == pytest.approx([16, math.sqrt(16 * 60), 60])
     assert [c.delta for c in q2.frontier] == pytest.approx([GATED_MARGIN] * 3)
@@ -329,7 +149,7 @@ def test_q2_finds_each_best_lr_the_frontier_margin_and_shrinkage(results):
     # at one shared lr the margin is 0.03 − (gated's lr penalty − relu's)
     shared = {lr: c.delta for lr, c in q2.shared_lr}
     expected = {
-        lr: GATED_MARGIN - _lr_penalty("gated", lr) + _lr_penalty("relu", lr) for lr in LRS
+        lr: GATED_MARGIN - lr_penalty("gated", lr) + lr_penalty("relu", lr) for lr in LRS
     }
     assert shared == pytest.approx(expected)
     gamma = q2.shrinkage
@@ -386,7 +206,7 @@ def test_q3_finds_margins_at_equal_width_and_compute_and_the_trend(results):
         assert [w for w, _ in trend.values] == [256, 512, 1024]
         gains = [WIDTH_GAIN * k for k in (-1, 0, 1)]
         assert [v for _, v in trend.values] == pytest.approx(
-            [_fidelity(trend.l0, margin + g) for g in gains]
+            [fidelity(trend.l0, margin + g) for g in gains]
         )
         assert trend.direction == findings.IMPROVES
 
@@ -431,7 +251,7 @@ def test_ablation_off_the_gated_lrs_and_l0_range_is_compared_at_matched_coeffici
     # at λ = 3 gated's best row is at its best lr 1e-3 (L0 30), the ablation's at L0 315
     at_3 = comparisons[1]
     assert (at_3.l0_ref, at_3.l0_alt) == pytest.approx((30, 315))
-    assert at_3.ref == pytest.approx(_fidelity(30, GATED_MARGIN))
+    assert at_3.ref == pytest.approx(fidelity(30, GATED_MARGIN))
     md = write_report(folder)[0].read_text()
     q1 = _section(md, "Q1.")
     assert "the ablation at lr 5e-4, gated at its best lr (not trained at 5e-4)" in q1
@@ -454,13 +274,13 @@ def test_q2_frontier_runs_over_all_learning_rates_not_the_best_lr_per_level(tmp_
 
     def relu(l0):
         if l0 <= 20:
-            return _fidelity(4 * l0, -0.02)
-        return _fidelity(80, -0.02) + 0.02 * math.log(l0 / 20) / math.log(4)
+            return fidelity(4 * l0, -0.02)
+        return fidelity(80, -0.02) + 0.02 * math.log(l0 / 20) / math.log(4)
 
     grid = [12, math.sqrt(12 * 60), 60]
     assert [c.l0_ref for c in q2.frontier] == pytest.approx(grid)
     assert [c.delta for c in q2.frontier] == pytest.approx(
-        [_fidelity(x, GATED_MARGIN) - relu(x) for x in grid]
+        [fidelity(x, GATED_MARGIN) - relu(x) for x in grid]
     )
     assert q2.gated_ahead == 1  # only at L0 60
 
