@@ -4,6 +4,7 @@
     gated-sae train  (--acts FILE|CACHE | --model M --site S [--dataset D]) --out DIR ...
     gated-sae eval   SAE_DIR (--acts FILE|CACHE | --model M [--site S --dataset D --tokens N])
     gated-sae synth  --out FILE ...
+    gated-sae browse SAE_DIR [SAE_DIR ...] --out DIR [--serve]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .browse.command import add_browse_command, cmd_browse
 from .errors import ConfigError, DataError, GatedSAEError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -186,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--mean-active", type=float, default=5.0)
     synth.add_argument("--correlated", action="store_true", help="correlated feature activity")
     synth.add_argument("--seed", type=int, default=0)
+    add_browse_command(commands, _count)
     return parser
 
 
@@ -540,7 +543,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
-    "sweep": cmd_sweep, "report": cmd_report, "synth": cmd_synth,
+    "sweep": cmd_sweep, "report": cmd_report, "synth": cmd_synth, "browse": cmd_browse,
 }
 
 

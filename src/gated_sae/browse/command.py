@@ -1,0 +1,59 @@
+"""The `browse` subcommand: its flags and what it runs (cli.py registers it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError
+
+
+def add_browse_command(commands, count) -> None:
+    """Add `browse` to the subcommands; `count` parses integers >= 1."""
+    browse = commands.add_parser(
+        "browse", help="write a static feature-browser site for SAEs (--serve: prompt view)")
+    browse.add_argument("sae_dirs", nargs="*", metavar="SAE_DIR")
+    browse.add_argument("--out", required=True, help="site folder (rewritten if it holds a site)")
+    browse.add_argument("--model", help="default: the SAEs' metadata model_name")
+    browse.add_argument("--site", help="default: the SAEs' metadata hook_name")
+    browse.add_argument("--dataset", help="default: the SAEs' corpus if readable, else "
+                        "builtin:python-docs")
+    browse.add_argument("--text-field", default="text")
+    browse.add_argument("--tokens", type=count, default=200_000, help="tokens to read")
+    browse.add_argument("--context-size", type=count,
+                        help="tokens per window (default: the SAEs' metadata, else 128)")
+    browse.add_argument("--top", type=count, default=24, help="top contexts per latent")
+    browse.add_argument("--random", type=count, default=24,
+                        help="randomly sampled contexts per latent")
+    browse.add_argument("--batch-size", type=count, default=32, help="windows per forward")
+    browse.add_argument("--device", default="cpu")
+    browse.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"))
+    browse.add_argument("--serve", action="store_true",
+                        help="then serve the site on 127.0.0.1 with the prompt view")
+    browse.add_argument("--port", type=int, default=8000, help="port of --serve (0: any free)")
+
+
+def cmd_browse(args: argparse.Namespace) -> None:
+    from .build import BrowseOptions, build_site
+    from .server import make_server
+
+    if not args.sae_dirs and not args.serve:
+        raise ConfigError("browse needs SAE_DIR folders (or --serve to serve the site in --out)")
+    if args.sae_dirs:
+        options = BrowseOptions(tokens=args.tokens, context_size=args.context_size,
+                                batch_size=args.batch_size, top=args.top, random=args.random)
+        index = build_site(args.sae_dirs, args.out, model=args.model, site=args.site,
+                           dataset=args.dataset, text_field=args.text_field, device=args.device,
+                           model_dtype=args.model_dtype, options=options)
+        print(index)
+    if args.serve:
+        server = make_server(args.out, port=args.port, device=args.device,
+                             model_dtype=args.model_dtype)
+        host, port = server.server_address[:2]
+        print(f"serving {args.out} at http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # the way to stop a server: not an error
+            pass
+        finally:
+            server.server_close()
