@@ -26,6 +26,7 @@ from ..data.corpus import (
     check_dataset,
     describe_dataset,
     iter_windows,
+    special_token_ids,
     windows_for_tokens,
 )
 from ..data.lm import LanguageModel, load_model
@@ -43,7 +44,8 @@ MANIFEST = "site.json"
 @dataclass
 class BrowseOptions:
     """How much the browser gathers. `tokens` are read from the corpus (in windows of
-    `context_size`, default the SAEs' metadata context_size, else 128); `top` contexts and
+    `context_size`, default the SAEs' metadata context_size, else 128 or the model's context
+    length if shorter); `top` contexts and
     `random` uniformly sampled ones per latent, each `before` + 1 + `after` tokens wide;
     `neighbours` nearest latents per SAE; `logits` promoted and suppressed tokens; a latent
     firing on at least a `dense` fraction of tokens is marked dense."""
@@ -171,12 +173,19 @@ def build_site(
     dataset = dataset or _readable_dataset(_agreed(metadata, "dataset_path", "--dataset")) \
         or DEFAULT_DATASET
     check_dataset(dataset)
-    context_size = options.context_size or _agreed(metadata, "context_size", "--context-size") \
-        or 128
-    check_context_size(context_size)
+    context_size = options.context_size or _agreed(metadata, "context_size", "--context-size")
+    if context_size is not None:
+        check_context_size(context_size)
     lm = lm or load_model(model, device=device, dtype=model_dtype)
+    context_size = context_size or min(128, lm.n_ctx or 128)
     check_context_size(context_size, lm.n_ctx)
 
+    bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
+    width = lm.activations(torch.tensor([[bos, bos]]), site).shape[-1]  # checks the site too
+    for name, sae in saes.items():
+        if sae.d_in != width:
+            raise DataError(f"site {site!r} of {model} has width {width}, but SAE {name} "
+                            f"expects d_in {sae.d_in}")
     n_windows = windows_for_tokens(options.tokens, context_size)
     batches = _batches(lm, dataset, context_size, n_windows, options.batch_size, text_field)
     gather = {k: getattr(options, k) for k in ("top", "random", "before", "after", "seed")}

@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.lm import LanguageModel
-from ..errors import DataError
 from ..saes import SAE
 
 LOG2_LOW, LOG2_HIGH, BINS_PER_OCTAVE = -16, 16, 8
@@ -209,9 +208,6 @@ def collect(
         for windows in batches:
             acts = lm.activations(windows, site)[:, 1:]
             for name, sae in saes.items():
-                if acts.shape[-1] != sae.d_in:
-                    raise DataError(f"site {site!r} of {lm.name} has width {acts.shape[-1]}, "
-                                    f"but SAE {name} expects d_in {sae.d_in}")
                 x = acts.reshape(-1, acts.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)
                 f = sae.encode(x).float().view(*acts.shape[:2], sae.d_sae)
                 stats[name].update(f, windows, seen)

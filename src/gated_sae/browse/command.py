@@ -34,8 +34,13 @@ def add_browse_command(commands, count) -> None:
 
 
 def cmd_browse(args: argparse.Namespace) -> None:
+    from transformers.utils import logging as hf_logging
+
     from .build import BrowseOptions, build_site
     from .server import make_server
+
+    # A user error found after loading the model must stay one line on stderr.
+    hf_logging.disable_progress_bar()
 
     if not args.sae_dirs and not args.serve:
         raise ConfigError("browse needs SAE_DIR folders (or --serve to serve the site in --out)")

@@ -38,7 +38,7 @@
     if (record.up) {
       panel.append(el("p", {}, "promotes ", record.up.slice(0, 5).map(([id]) => tokenBox(id))));
     }
-    panel.append(record.top.slice(0, 6).map((c) => context(c, record.max,
+    panel.append(...record.top.slice(0, 6).map((c) => context(c, record.max,
                                                           fmt(c[4][c[1] - c[2]], 4))));
     return panel;
   }

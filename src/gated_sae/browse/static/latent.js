@@ -83,7 +83,7 @@
         const inBand = record.random.filter((c) => c[5] >= lo && (c[5] < hi || hi === 1));
         random.append(el("h3", {}, label + " of firings (quantile " + lo + "\u2013" + hi + ")",
                          el("span", {class: "muted"}, " \u00b7 " + inBand.length + " sampled")),
-          inBand.map((c) => context(c, scale, fmt(c[4][c[1] - c[2]], 4))));
+          ...inBand.map((c) => context(c, scale, fmt(c[4][c[1] - c[2]], 4))));
       }
       main.append(el("h2", {}, "Random firings, by quantile of activation"),
         el("p", {class: "muted"}, "A uniform sample of all firings of this latent; shading " +
