@@ -15,7 +15,7 @@ from conftest import TINY_VOCAB
 
 from gated_sae import ConfigError, DataError, create_sae, load_sae
 from gated_sae.browse import BrowseOptions, build_site, site_pages
-from gated_sae.browse.collect import LatentStats, Samples, bin_edges, collect
+from gated_sae.browse.collect import Samples, bin_edges, collect
 from gated_sae.browse.directions import (
     logit_effects,
     match_summary,
@@ -167,7 +167,7 @@ def test_site_activations_equal_a_recomputation(built):
     windows = token_windows(lm.tokenizer, str(root / "corpus.txt"), context_size=CTX,
                             n_windows=manifest["windows"])
     vocab = read_data(site, "vocab")
-    for directory, info in zip(dirs, manifest["saes"]):
+    for directory, info in zip(dirs, manifest["saes"], strict=True):
         sae = load_sae(directory)
         f = brute_force(lm, sae, windows)  # [W, CTX-1, d_sae]
         assert manifest["tokens"] == f.shape[0] * f.shape[1]

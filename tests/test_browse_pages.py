@@ -192,7 +192,8 @@ def test_prompt_view_lists_the_latents_of_typed_text(built, browser, server):
     tab.locator("#encode").click()
     tab.wait_for_selector("#prompt-latents tr.latent-row")
     assert tab.locator("#strip .tok").count() == len(ids) - 1
-    listed = [int(t.lstrip("#")) for t in texts(tab, "#prompt-latents tr.latent-row td:first-child")]
+    rows = texts(tab, "#prompt-latents tr.latent-row td:first-child")
+    listed = [int(t.lstrip("#")) for t in rows]
     assert listed == firing
     tab.locator("#strip .tok").nth(1).click()  # "cat"
     links = tab.locator("#token-latents a")

@@ -53,10 +53,10 @@ class BrowseOptions:
     tokens: int = 200_000
     context_size: int | None = None
     batch_size: int = 32
-    top: int = 24
-    random: int = 24
-    before: int = 24
-    after: int = 8
+    top: int = 20
+    random: int = 20
+    before: int = 16
+    after: int = 4
     neighbours: int = 8
     logits: int = 10
     dense: float = 0.1
@@ -162,8 +162,9 @@ def build_site(
     if not sae_dirs:
         raise ConfigError("browse needs at least one SAE folder")
     dirs = [Path(p) for p in sae_dirs]
-    saes = {name: load_sae(path, device=device) for name, path in zip(sae_names(dirs), dirs)}
-    metadata = {name: sae_metadata(path) for name, path in zip(saes, dirs)}
+    saes = {name: load_sae(path, device=device)
+            for name, path in zip(sae_names(dirs), dirs, strict=True)}
+    metadata = {name: sae_metadata(path) for name, path in zip(saes, dirs, strict=True)}
     model = model or (lm.name if lm is not None else _agreed(metadata, "model_name", "--model"))
     site = site or _agreed(metadata, "hook_name", "--site")
     if not model or not site:
@@ -229,11 +230,12 @@ def _write(root: Path, lm: LanguageModel, saes: dict[str, SAE], dirs: list[Path]
     near = {name: {other: nearest(units[name], units[other], options.neighbours,
                                   same=other == name) for other in saes} for name in saes}
     token_ids: set[int] = set()
-    for (name, sae), path in zip(saes.items(), dirs):
+    for (name, sae), path in zip(saes.items(), dirs, strict=True):
         s = stats[name]
         effects = logit_effects(sae.W_dec, *unembed, options.logits) if unembed else None
+        contexts = {"top": data.Contexts(s.top, s), "random": data.Contexts(s.random, s)}
         for latent in range(sae.d_sae):
-            record = data.latent_record(name, latent, s, effects, near[name])
+            record = data.latent_record(name, latent, s, contexts, effects, near[name])
             data.write_js(root, f"{name}/latents/{latent}", record)
             for context in record["top"] + record["random"]:
                 token_ids.update(context[3])

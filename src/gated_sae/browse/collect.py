@@ -125,9 +125,8 @@ class Samples:
 class LatentStats:
     """The running statistics of one SAE's latents (see the module docstring)."""
 
-    def __init__(self, d_sae: int, *, context_size: int, top: int = 24, random: int = 24,
-                 before: int = 24, after: int = 8, seed: int = 0,
-                 device: str | torch.device = "cpu"):
+    def __init__(self, d_sae: int, *, context_size: int, top: int, random: int, before: int,
+                 after: int, seed: int = 0, device: str | torch.device = "cpu"):
         device = torch.device(device)
         self.d_sae, self.context_size = d_sae, context_size
         self.before, self.after = before, after

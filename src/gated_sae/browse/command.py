@@ -6,6 +6,16 @@ import argparse
 import sys
 
 from ..errors import ConfigError
+from .build import BrowseOptions
+
+# Flags that set a BrowseOptions field, with their help; the defaults are the dataclass's.
+_OPTION_FLAGS = {
+    "tokens": "tokens to read",
+    "context_size": "tokens per window (default: the SAEs' metadata, else 128)",
+    "top": "top activating contexts per latent",
+    "random": "randomly sampled contexts per latent",
+    "batch_size": "windows per forward",
+}
 
 
 def add_browse_command(commands, count) -> None:
@@ -19,13 +29,10 @@ def add_browse_command(commands, count) -> None:
     browse.add_argument("--dataset", help="default: the SAEs' corpus if readable, else "
                         "builtin:python-docs")
     browse.add_argument("--text-field", default="text")
-    browse.add_argument("--tokens", type=count, default=200_000, help="tokens to read")
-    browse.add_argument("--context-size", type=count,
-                        help="tokens per window (default: the SAEs' metadata, else 128)")
-    browse.add_argument("--top", type=count, default=24, help="top contexts per latent")
-    browse.add_argument("--random", type=count, default=24,
-                        help="randomly sampled contexts per latent")
-    browse.add_argument("--batch-size", type=count, default=32, help="windows per forward")
+    for name, text in _OPTION_FLAGS.items():
+        default = getattr(BrowseOptions, name)
+        browse.add_argument("--" + name.replace("_", "-"), type=count,
+                            help=text if default is None else f"{text} (default {default})")
     browse.add_argument("--device", default="cpu")
     browse.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"))
     browse.add_argument("--serve", action="store_true",
@@ -36,20 +43,19 @@ def add_browse_command(commands, count) -> None:
 def cmd_browse(args: argparse.Namespace) -> None:
     from transformers.utils import logging as hf_logging
 
-    from .build import BrowseOptions, build_site
+    from .build import build_site
     from .server import make_server
 
     # A user error found after loading the model must stay one line on stderr.
     hf_logging.disable_progress_bar()
-
     if not args.sae_dirs and not args.serve:
         raise ConfigError("browse needs SAE_DIR folders (or --serve to serve the site in --out)")
     if args.sae_dirs:
-        options = BrowseOptions(tokens=args.tokens, context_size=args.context_size,
-                                batch_size=args.batch_size, top=args.top, random=args.random)
+        given = {name: getattr(args, name) for name in _OPTION_FLAGS
+                 if getattr(args, name) is not None}
         index = build_site(args.sae_dirs, args.out, model=args.model, site=args.site,
                            dataset=args.dataset, text_field=args.text_field, device=args.device,
-                           model_dtype=args.model_dtype, options=options)
+                           model_dtype=args.model_dtype, options=BrowseOptions(**given))
         print(index)
     if args.serve:
         server = make_server(args.out, port=args.port, device=args.device,

@@ -51,8 +51,8 @@ class PromptEncoder:
             f = sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
             values, latents = f.topk(min(PER_TOKEN, sae.d_sae), dim=1)
             result["saes"][name] = [
-                [[i, v] for i, v in zip(row_ids, row_values) if v > 0]
-                for row_ids, row_values in zip(latents.tolist(), values.tolist())
+                [[i, v] for i, v in zip(row_ids, row_values, strict=True) if v > 0]
+                for row_ids, row_values in zip(latents.tolist(), values.tolist(), strict=True)
             ]
         return result
 

@@ -34,9 +34,8 @@ SNIPPET = (8, 3)  # tokens before and after the top firing that the index's sear
 
 
 def f32(values) -> list:
-    """Float32 values as the shortest decimals that read back as the same float32 (0 as 0)."""
-    array = np.asarray(values, dtype=np.float32)
-    return [0 if x == 0 else float(s) for x, s in zip(array.tolist(), array.astype(str))]
+    """Float32 values as the shortest decimals that read back as the same float32."""
+    return [float(s) for s in np.asarray(values, dtype=np.float32).astype(str)]
 
 
 def sig(values, digits: int = 4) -> list:
@@ -53,21 +52,30 @@ def write_js(root: Path, key: str, data) -> None:
     path.write_text(f"BROWSE.put({json.dumps(key)},{text});\n", encoding="utf-8")
 
 
-def _contexts(samples: Samples, latent: int, stats: LatentStats) -> list[list]:
-    """The held samples of one latent as contexts (see the module docstring), best first."""
-    out = []
-    ctx = stats.context_size
-    for k in range(samples.position.shape[1]):
-        position = int(samples.position[latent, k])
-        if position < 0:
-            break
-        tokens = samples.tokens[latent, k]
-        inside = (tokens >= 0).nonzero().squeeze(1)
-        lo, hi = int(inside[0]), int(inside[-1]) + 1
-        t = position % ctx
-        out.append([position // ctx, t, t - stats.before + lo, tokens[lo:hi].tolist(),
-                    f32(samples.acts[latent, k, lo:hi])])
-    return out
+class Contexts:
+    """One SAE's samples as contexts (see the module docstring), converted for all latents at
+    once: writing a site calls `of` for every latent."""
+
+    def __init__(self, samples: Samples, stats: LatentStats):
+        self.context_size, self.before = stats.context_size, stats.before
+        self.position = samples.position.tolist()
+        self.tokens = samples.tokens.tolist()
+        # numpy prints a float32 as the shortest decimal that reads back as the same float32
+        self.acts = samples.acts.numpy().astype(np.float32).astype(str).tolist()
+
+    def of(self, latent: int) -> list[list]:
+        """The latent's held samples, best first."""
+        out = []
+        for position, tokens, acts in zip(self.position[latent], self.tokens[latent],
+                                          self.acts[latent], strict=True):
+            if position < 0:
+                break
+            inside = [k for k, token in enumerate(tokens) if token >= 0]
+            lo, hi = inside[0], inside[-1] + 1
+            t = position % self.context_size
+            out.append([position // self.context_size, t, t - self.before + lo, tokens[lo:hi],
+                        [0 if a == "0.0" else float(a) for a in acts[lo:hi]]])
+        return out
 
 
 def _quantiles(stats: LatentStats, latent: int, values: torch.Tensor) -> list[float]:
@@ -82,9 +90,11 @@ def _quantiles(stats: LatentStats, latent: int, values: torch.Tensor) -> list[fl
     return sig(q, 3)
 
 
-def latent_record(name: str, latent: int, stats: LatentStats, effects: dict | None,
+def latent_record(name: str, latent: int, stats: LatentStats, contexts: dict[str, Contexts],
+                  effects: dict | None,
                   near: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """Everything the latent page shows about one latent."""
+    """Everything the latent page shows about one latent; `contexts` holds the SAE's "top"
+    and "random" samples."""
     fired = int(stats.fired[latent])
     counts = stats.histogram[latent]
     used = counts.nonzero().squeeze(1)
@@ -93,12 +103,13 @@ def latent_record(name: str, latent: int, stats: LatentStats, effects: dict | No
         "max": f32([stats.top.value[latent, 0]])[0] if fired else 0,
         "mean": sig([stats.total[latent] / max(fired, 1)])[0],
         "hist": [int(used[0]), counts[used[0]:used[-1] + 1].tolist()] if fired else [0, []],
-        "top": _contexts(stats.top, latent, stats),
+        "top": contexts["top"].of(latent),
         "random": [],
-        "near": {other: [[int(i), c] for i, c in zip(ids[latent].tolist(), sig(cos[latent]))]
+        "near": {other: [[int(i), c] for i, c in zip(ids[latent].tolist(), sig(cos[latent]),
+                                                     strict=True)]
                  for other, (ids, cos) in near.items()},
     }
-    random = _contexts(stats.random, latent, stats)
+    random = contexts["random"].of(latent)
     if random:
         values = stats.random.value[latent, :len(random)]
         quantiles = _quantiles(stats, latent, values)
@@ -107,7 +118,7 @@ def latent_record(name: str, latent: int, stats: LatentStats, effects: dict | No
     if effects is not None:
         for key in ("up", "down"):
             record[key] = [[int(i), v] for i, v in zip(effects[f"{key}_ids"][latent].tolist(),
-                                                       sig(effects[key][latent]))]
+                                                       sig(effects[key][latent]), strict=True)]
     return record
 
 
@@ -148,4 +159,4 @@ def cross_record(a: str, b: str, ab: tuple, ba: tuple, summary: dict, n: int = 3
 def vocabulary(tokenizer, ids: list[int]) -> dict[str, str]:
     """`{id: text}` of each token id as the tokenizer decodes it alone."""
     texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-    return {str(i): text for i, text in zip(ids, texts)}
+    return {str(i): text for i, text in zip(ids, texts, strict=True)}
