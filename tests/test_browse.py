@@ -181,6 +181,11 @@ def test_site_activations_equal_a_recomputation(built):
             top = column.topk(min(6, record["fired"])).values if record["fired"] else []
             assert [c[4][c[1] - c[2]] for c in record["top"]] == pytest.approx(
                 list(map(float, top)), rel=1e-6)
+            firing = [c[3][c[1] - c[2]] for c in record["top"]]
+            assert table["top"][latent] == (max(firing, key=firing.count) if firing else -1)
+            if firing:  # the search sees 8 tokens before the top firing and 3 after
+                _, t, start, tokens = record["top"][0][:4]
+                assert table["snippet"][latent] == tokens[max(0, t - 8 - start):t + 4 - start]
             for context in record["top"] + record["random"]:
                 w, t, start, tokens, acts = context[:5]
                 one = brute_force(lm, sae, windows[w:w + 1])[0, :, latent]  # a forward alone
@@ -306,3 +311,27 @@ def test_cli_writes_a_site(built, tmp_path, capsys):
     manifest = json.loads((out / "site.json").read_text())
     assert manifest["tokens"] == 7 * (CTX - 1) and manifest["options"]["top"] == 2
     assert len(read_data(out, "relu/latents/0")["top"]) <= 2
+
+
+@pytest.mark.slow
+def test_smollm2_site(no_network, tmp_path):
+    """The embedded SmolLM2-135M: a site builds from its GGUF, the logit effects are W_U
+    times the RMSNorm gain times the decoder row, and token texts come from its tokenizer."""
+    lm = load_model("smollm2-135m")
+    site = "blocks.15.hook_resid_post"
+    sae = create_sae("relu", d_in=lm.d_model, d_sae=16)
+    path = sae.save(tmp_path / "sae", metadata={"model_name": "smollm2-135m", "hook_name": site})
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("Sparse autoencoders decompose a language model's activations into "
+                      "features. The quick brown fox jumps over the lazy dog. " * 8)
+    out = tmp_path / "site"
+    build_site([path], out, lm=lm, dataset=str(corpus), options=BrowseOptions(tokens=64, context_size=32, top=2,
+                                                         random=2, logits=3), progress=False)
+    record = read_data(out, "sae/latents/0")
+    expected = (sae.W_dec[0] * lm.model.model.norm.weight) @ lm.model.lm_head.weight.T
+    top = expected.detach().topk(3)
+    assert [i for i, _ in record["up"]] == top.indices.tolist()
+    assert [v for _, v in record["up"]] == pytest.approx(top.values.tolist(), rel=1e-3)
+    vocab = read_data(out, "vocab")
+    assert vocab[str(top.indices[0].item())] == lm.tokenizer.decode([top.indices[0].item()])
+    assert record["top"] and all(str(t) in vocab for c in record["top"] for t in c[3])

@@ -45,9 +45,11 @@ def norm_linear_map(norm: nn.Module, d_model: int) -> torch.Tensor:
     """
     norm = copy.deepcopy(norm).float()
     n = d_model
-    zero = norm(torch.zeros(1, n))
-    probes = norm(_PROBE * torch.eye(n)) - zero  # row j: L e_j / σ(e_j)
-    centred = bool((norm(_PROBE * torch.ones(1, n)) - zero).abs().max() < 1e-6)
+    weight = next(norm.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    zero = norm(torch.zeros(1, n, device=device))
+    probes = norm(_PROBE * torch.eye(n, device=device)) - zero  # row j: L e_j / σ(e_j)
+    centred = bool((norm(_PROBE * torch.ones(1, n, device=device)) - zero).abs().max() < 1e-6)
     sigma = math.sqrt((1 / n) * (1 - 1 / n)) if centred else math.sqrt(1 / n)
     return probes.T * sigma
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .collect import LatentStats, Samples
+from .collect import LatentStats, Samples, histogram_bins
 
 SNIPPET = (8, 3)  # tokens before and after the top firing that the index's search sees
 
@@ -81,8 +81,6 @@ class Contexts:
 def _quantiles(stats: LatentStats, latent: int, values: torch.Tensor) -> list[float]:
     """Where each value lies in the latent's distribution of nonzero activations, from the
     histogram: the fraction of firings in lower bins plus half of those in its own bin."""
-    from .collect import histogram_bins
-
     counts = stats.histogram[latent].double()
     below = torch.cumsum(counts, 0) - counts
     bins = histogram_bins(values)
@@ -134,7 +132,7 @@ def index_columns(name: str, stats: LatentStats, effects: dict | None, dense: fl
         counts = Counter(firing)
         top_token.append(max(firing, key=lambda t: counts[t]) if firing else -1)
         tokens.append(list(dict.fromkeys(firing))[:5])
-        span = stats.top.tokens[latent, 0, centre - SNIPPET[0]:centre + SNIPPET[1] + 1]
+        span = stats.top.tokens[latent, 0, max(0, centre - SNIPPET[0]):centre + SNIPPET[1] + 1]
         snippets.append([t for t in span.tolist() if t >= 0] if firing else [])
     columns = {
         "sae": name, "freq": sig(freq), "max": sig(stats.top.value[:, 0]),
