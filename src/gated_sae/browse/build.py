@@ -15,20 +15,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import torch
 
-from ..data.corpus import (
-    DEFAULT_DATASET,
-    check_context_size,
-    check_dataset,
-    describe_dataset,
-    iter_windows,
-    special_token_ids,
-    windows_for_tokens,
-)
+from ..data import corpus
 from ..data.lm import LanguageModel, load_model
 from ..errors import ConfigError, DataError, GatedSAEError
 from ..files import atomic_write_text, umask_mode
@@ -68,7 +59,7 @@ class BrowseOptions:
         for name in ("random", "before", "after", "seed"):
             _check_int(name, getattr(self, name), 0)
         if self.context_size is not None:
-            check_context_size(self.context_size)
+            corpus.check_context_size(self.context_size)
         if not isinstance(self.dense, int | float) or not 0 < self.dense <= 1:
             raise ConfigError(f"dense {self.dense!r} is not accepted; accepted: a fraction in "
                               "(0, 1]")
@@ -112,7 +103,7 @@ def _agreed(metadata: dict[str, dict], key: str, flag: str):
 
 def _readable_dataset(dataset) -> str | None:
     try:
-        check_dataset(dataset)
+        corpus.check_dataset(dataset)
     except GatedSAEError:  # an activations file, or a corpus on another machine
         return None
     return dataset
@@ -129,8 +120,8 @@ def check_out(out: Path) -> None:
 def _batches(lm: LanguageModel, dataset: str, context_size: int, n_windows: int,
              batch_size: int, text_field: str) -> Iterator[torch.Tensor]:
     stream = itertools.islice(
-        iter_windows(lm.tokenizer, dataset, context_size=context_size, text_field=text_field,
-                     bos_token_id=lm.bos_token_id), n_windows)
+        corpus.iter_windows(lm.tokenizer, dataset, context_size=context_size,
+                            text_field=text_field, bos_token_id=lm.bos_token_id), n_windows)
     while batch := list(itertools.islice(stream, batch_size)):
         yield torch.tensor(batch, dtype=torch.long)
 
@@ -168,26 +159,25 @@ def build_site(
     model = model or (lm.name if lm is not None else _agreed(metadata, "model_name", "--model"))
     site = site or _agreed(metadata, "hook_name", "--site")
     if not model or not site:
-        missing = "model_name" if not model else "hook_name"
-        flag = "--model" if not model else "--site"
+        missing, flag = ("model_name", "--model") if not model else ("hook_name", "--site")
         raise ConfigError(f"the SAE metadata records no {missing}; give {flag}")
     dataset = dataset or _readable_dataset(_agreed(metadata, "dataset_path", "--dataset")) \
-        or DEFAULT_DATASET
-    check_dataset(dataset)
+        or corpus.DEFAULT_DATASET
+    corpus.check_dataset(dataset)
     context_size = options.context_size or _agreed(metadata, "context_size", "--context-size")
     if context_size is not None:
-        check_context_size(context_size)
+        corpus.check_context_size(context_size)
     lm = lm or load_model(model, device=device, dtype=model_dtype)
     context_size = context_size or min(128, lm.n_ctx or 128)
-    check_context_size(context_size, lm.n_ctx)
+    corpus.check_context_size(context_size, lm.n_ctx)
 
-    bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
+    bos = corpus.special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
     width = lm.activations(torch.tensor([[bos, bos]]), site).shape[-1]  # checks the site too
     for name, sae in saes.items():
         if sae.d_in != width:
             raise DataError(f"site {site!r} of {model} has width {width}, but SAE {name} "
                             f"expects d_in {sae.d_in}")
-    n_windows = windows_for_tokens(options.tokens, context_size)
+    n_windows = corpus.windows_for_tokens(options.tokens, context_size)
     batches = _batches(lm, dataset, context_size, n_windows, options.batch_size, text_field)
     gather = {k: getattr(options, k) for k in ("top", "random", "before", "after", "seed")}
     stats = collect(lm, saes, site, batches, context_size=context_size,
@@ -197,9 +187,10 @@ def build_site(
         raise DataError(f"dataset {dataset!r} has too little text for one window of "
                         f"{context_size} tokens")
     manifest = {
-        "model": model, "site": site, "dataset": describe_dataset(dataset),
-        "context_size": context_size, "tokens": n_tokens, "windows": n_tokens
-        // (context_size - 1), "tokens_requested": options.tokens, "options": asdict(options),
+        "model": model, "site": site, "dataset": corpus.describe_dataset(dataset),
+        "context_size": context_size, "tokens": n_tokens,
+        "windows": n_tokens // (context_size - 1), "tokens_requested": options.tokens,
+        "options": asdict(options),
         "histogram": {"log2_low": LOG2_LOW, "bins_per_octave": BINS_PER_OCTAVE},
         "saes": [], "pairs": [],
     }
@@ -218,12 +209,7 @@ def build_site(
 def _write(root: Path, lm: LanguageModel, saes: dict[str, SAE], dirs: list[Path],
            stats: dict[str, LatentStats], manifest: dict, options: BrowseOptions) -> None:
     """Write the pages and the data of a site into `root`."""
-    static = files("gated_sae.browse") / "static"
-    (root / "static").mkdir()
-    for item in static.iterdir():
-        target = root / item.name if item.name.endswith(".html") else root / "static" / item.name
-        target.write_bytes(item.read_bytes())
-
+    data.write_pages(root)
     unembed = unembedding(lm)
     manifest["logits"] = unembed is not None
     units = {name: unit_rows(sae.W_dec) for name, sae in saes.items()}

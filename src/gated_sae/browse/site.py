@@ -3,7 +3,7 @@
 Pages load data with `<script src>` rather than `fetch`, because browsers refuse `fetch` of
 `file://` URLs; each data file is one call `BROWSE.put("key", {...});`. Layout of a site:
 
-    index.html sae.html latent.html cross.html prompt.html   the pages (static/, copied)
+    index.html sae.html latent.html cross.html prompt.html   the pages (see PAGES)
     static/                                                  their scripts and style sheet
     site.json                                                the manifest (plain JSON)
     data/site.js     the manifest, for the pages
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,39 @@ import torch
 from .collect import LatentStats, Samples, histogram_bins
 
 SNIPPET = (8, 3)  # tokens before and after the top firing that the index's search sees
+# The pages: file name -> (title, its script in static/). Each is the same shell around a
+# script; the manifest and the vocabulary load first, with the page.
+PAGES = {"index": ("Feature browser", "home"), "sae": ("Latents", "sae"),
+         "latent": ("Latent", "latent"), "cross": ("Across SAEs", "cross"),
+         "prompt": ("Prompt", "prompt")}
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} \u00b7 gated-sae</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="static/browse.css">
+<script src="static/common.js"></script>
+<script src="data/site.js"></script>
+<script src="data/vocab.js"></script>
+</head>
+<body>
+<main></main>
+<script src="static/{script}.js"></script>
+</body>
+</html>
+"""
+
+
+def write_pages(root: Path) -> None:
+    """The HTML pages, and their scripts and style sheet in `root/static`."""
+    static = files("gated_sae.browse") / "static"
+    (root / "static").mkdir()
+    for item in static.iterdir():
+        (root / "static" / item.name).write_bytes(item.read_bytes())
+    for name, (title, script) in PAGES.items():
+        (root / f"{name}.html").write_text(_PAGE.format(title=title, script=script),
+                                           encoding="utf-8")
 
 
 def f32(values) -> list:

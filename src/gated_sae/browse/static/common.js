@@ -214,6 +214,6 @@ const BROWSE = (() => {
     main.append(el("p", {class: "error"}, String(error.message || error)));
   }
 
-  return {put, load, params, link, el, svg, fmt, pct, tokenText, tokenBox, shade, context,
-          histogram, sortableTable, header, fail, store};
+  return {put, load, params, link, el, fmt, pct, tokenText, tokenBox, shade, context,
+          histogram, sortableTable, header, fail};
 })();

@@ -2,7 +2,7 @@
 // randomly sampled contexts, the tokens it promotes and suppresses, its nearest latents.
 "use strict";
 (() => {
-  const {el, link, fmt, pct, load, params, tokenText, tokenBox, context, header, fail} = BROWSE;
+  const {el, link, fmt, pct, load, params, tokenBox, context, header, fail} = BROWSE;
   const main = document.querySelector("main");
   const BANDS = [[0.75, 1, "top quarter"], [0.5, 0.75, "second quarter"],
                  [0.25, 0.5, "third quarter"], [0, 0.25, "bottom quarter"]];
