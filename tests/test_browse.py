@@ -14,7 +14,7 @@ from browse_helpers import CTX, SITE, build_tiny_site, read_data, save_sparse_sa
 from conftest import TINY_VOCAB
 
 from gated_sae import ConfigError, DataError, create_sae, load_sae
-from gated_sae.browse import BrowseOptions, build_site, site_pages
+from gated_sae.browse import BrowseOptions, build_site, make_server, site_pages
 from gated_sae.browse.collect import Samples, bin_edges, collect
 from gated_sae.browse.directions import (
     logit_effects,
@@ -300,6 +300,8 @@ def test_user_errors_are_one_line_and_keep_the_out_folder(built, tmp_path, capsy
     assert len(err) == 2 and "needs SAE_DIR" in err[0] and "not an SAE folder" in err[1]
     with pytest.raises(DataError, match="not a feature-browser site"):
         site_pages(tmp_path)
+    with pytest.raises(DataError, match="not a feature-browser site"):
+        make_server(tmp_path, port=0)
 
 
 def test_cli_writes_a_site(built, tmp_path, capsys):
@@ -311,6 +313,13 @@ def test_cli_writes_a_site(built, tmp_path, capsys):
     manifest = json.loads((out / "site.json").read_text())
     assert manifest["tokens"] == 7 * (CTX - 1) and manifest["options"]["top"] == 2
     assert len(read_data(out, "relu/latents/0")["top"]) <= 2
+    # a site is rewritten in place, and two folders of one name get their parents' names
+    assert main(["browse", str(dirs[0]), str(dirs[0]), "--out", str(out), "--tokens", "30"]) == 0
+    manifest = json.loads((out / "site.json").read_text())
+    assert [s["name"] for s in manifest["saes"]] == ["saes-relu-0", "saes-relu-1"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "cross", "saes-relu-0", "saes-relu-1", "site.js", "vocab.js"]
+    assert manifest["tokens"] == 2 * (CTX - 1)
 
 
 @pytest.mark.slow

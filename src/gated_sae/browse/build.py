@@ -76,10 +76,9 @@ def sae_names(sae_dirs: list[Path]) -> list[str]:
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]", "_", text) or "sae"
 
-    names = [clean(p.name) for p in sae_dirs]
-    for k, path in enumerate(sae_dirs):
-        if names.count(clean(path.name)) > 1:
-            names[k] = clean(f"{path.parent.name}-{path.name}")
+    own = [clean(p.name) for p in sae_dirs]
+    names = [clean(f"{p.parent.name}-{p.name}") if own.count(name) > 1 else name
+             for p, name in zip(sae_dirs, own, strict=True)]
     if len(set(names)) < len(names):
         names = [f"{name}-{k}" for k, name in enumerate(names)]
     return names
