@@ -7,6 +7,7 @@
     gated-sae report SWEEP_DIR
     gated-sae demo   [--out DIR]
     gated-sae synth  --out FILE ...
+    gated-sae browse SAE_DIR [SAE_DIR ...] --out DIR [--serve]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from .browse.command import add_browse_command, cmd_browse
 from .data.batches import DEFAULT_BUFFER_TOKENS, ModelBatches
 from .data.cache import CACHE_DTYPES, build_cache
 from .data.corpus import DATASET_FORMS, DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                   type=float)
     synth.add_argument("--correlated", action="store_true", help="correlated feature activity")
     _keyword_flag(synth, write_synthetic, "seed", "seed of the features and samples", type=int)
+    add_browse_command(commands, _count)
     return parser
 
 
@@ -428,7 +431,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
-    "sweep": cmd_sweep, "report": cmd_report, "synth": cmd_synth,
+    "sweep": cmd_sweep, "report": cmd_report, "synth": cmd_synth, "browse": cmd_browse,
 }
 
 
