@@ -39,14 +39,18 @@ def offer_stream(samples: Samples, latents, scores, chunks) -> None:
     and its span records that index, so a test can see spans travel with their samples."""
     start = 0
     for size in chunks:
-        lat, score = latents[start:start + size], scores[start:start + size]
+        lat, score = latents[start : start + size], scores[start : start + size]
         first = start
 
         def describe(index, score=score, first=first):
             position = first + index
             span = samples.tokens.shape[2]
-            return (score[index], position, position[:, None].int().expand(-1, span),
-                    score[index, None].expand(-1, span))
+            return (
+                score[index],
+                position,
+                position[:, None].int().expand(-1, span),
+                score[index, None].expand(-1, span),
+            )
 
         samples.offer(lat, score, describe)
         start += size
@@ -102,8 +106,18 @@ def test_pass_equals_brute_force(tiny_lm):
         x = tiny_lm.activations(windows, SITE)[:, 1:].reshape(-1, tiny_lm.d_model)
         sae.b_enc.copy_(-(x @ sae.W_enc).quantile(0.6, dim=0))
     top, random, before, after = 4, 3, 3, 2
-    stats = collect(tiny_lm, {"s": sae}, SITE, windows.split(3), context_size=12,
-                    progress=False, top=top, random=random, before=before, after=after)["s"]
+    stats = collect(
+        tiny_lm,
+        {"s": sae},
+        SITE,
+        windows.split(3),
+        context_size=12,
+        progress=False,
+        top=top,
+        random=random,
+        before=before,
+        after=after,
+    )["s"]
     sizes = {k: v.numel() for k, v in vars(stats.top).items()}
     stats = stats.finished()
     assert {k: v.numel() for k, v in vars(stats.top).items()} == sizes  # bounded state
@@ -119,8 +133,9 @@ def test_pass_equals_brute_force(tiny_lm):
     for latent in range(24):
         values = flat[latent][flat[latent] > 0].double().numpy()
         bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
-        assert stats.histogram[latent].tolist() == np.bincount(bins, minlength=len(edges) - 1
-                                                               ).tolist()
+        assert (
+            stats.histogram[latent].tolist() == np.bincount(bins, minlength=len(edges) - 1).tolist()
+        )
 
     def check_span(latent, k, samples, index):
         w, t = divmod(index, 11)
@@ -164,8 +179,9 @@ def test_site_activations_equal_a_recomputation(built):
     assert manifest["pairs"] == [["relu", "topk"]]
     assert read_data(site, "site") == manifest
     lm = load_model(str(root / "model"))
-    windows = token_windows(lm.tokenizer, str(root / "corpus.txt"), context_size=CTX,
-                            n_windows=manifest["windows"])
+    windows = token_windows(
+        lm.tokenizer, str(root / "corpus.txt"), context_size=CTX, n_windows=manifest["windows"]
+    )
     vocab = read_data(site, "vocab")
     for directory, info in zip(dirs, manifest["saes"], strict=True):
         sae = load_sae(directory)
@@ -180,21 +196,26 @@ def test_site_activations_equal_a_recomputation(built):
             assert (latent in table["dead"]) == (record["fired"] == 0)
             top = column.topk(min(6, record["fired"])).values if record["fired"] else []
             assert [c[4][c[1] - c[2]] for c in record["top"]] == pytest.approx(
-                list(map(float, top)), rel=1e-6)
+                list(map(float, top)), rel=1e-6
+            )
             firing = [c[3][c[1] - c[2]] for c in record["top"]]
             assert table["top"][latent] == (max(firing, key=firing.count) if firing else -1)
             if firing:  # the search sees 8 tokens before the top firing and 3 after
                 _, t, start, tokens = record["top"][0][:4]
-                assert table["snippet"][latent] == tokens[max(0, t - 8 - start):t + 4 - start]
+                assert table["snippet"][latent] == tokens[max(0, t - 8 - start) : t + 4 - start]
             for context in record["top"] + record["random"]:
                 w, t, start, tokens, acts = context[:5]
-                one = brute_force(lm, sae, windows[w:w + 1])[0, :, latent]  # a forward alone
-                assert tokens == windows[w, start:start + len(tokens)].tolist()
-                torch.testing.assert_close(torch.tensor(acts), one[start - 1:start - 1 + len(acts)],
-                                           rtol=2e-6, atol=1e-6)
+                one = brute_force(lm, sae, windows[w : w + 1])[0, :, latent]  # a forward alone
+                assert tokens == windows[w, start : start + len(tokens)].tolist()
+                torch.testing.assert_close(
+                    torch.tensor(acts), one[start - 1 : start - 1 + len(acts)], rtol=2e-6, atol=1e-6
+                )
                 assert all(str(token) in vocab for token in tokens)
-    assert site_pages(site) == {"home": "index.html", "relu": "sae.html#s=relu",
-                                "topk": "sae.html#s=topk"}
+    assert site_pages(site) == {
+        "home": "index.html",
+        "relu": "sae.html#s=relu",
+        "topk": "sae.html#s=topk",
+    }
 
 
 def test_cross_page_data_are_each_latents_best_partners(built):
@@ -217,8 +238,10 @@ def test_cross_page_data_are_each_latents_best_partners(built):
 FINAL_NORM = {  # the final norm and how it treats a direction, written out per family
     "llama": (lambda m: m.model.norm, lambda d, n: d * n.weight),
     "gpt2": (lambda m: m.transformer.ln_f, lambda d, n: (d - d.mean(1, keepdim=True)) * n.weight),
-    "gpt_neox": (lambda m: m.gpt_neox.final_layer_norm,
-                 lambda d, n: (d - d.mean(1, keepdim=True)) * n.weight),
+    "gpt_neox": (
+        lambda m: m.gpt_neox.final_layer_norm,
+        lambda d, n: (d - d.mean(1, keepdim=True)) * n.weight,
+    ),
 }
 
 
@@ -245,15 +268,19 @@ def test_norm_linear_map_reads_gemmas_one_plus_gain():
     norm = GemmaRMSNorm(6)
     with torch.no_grad():
         norm.weight.copy_(torch.arange(6.0) / 10)
-    torch.testing.assert_close(norm_linear_map(norm, 6), torch.diag(1 + torch.arange(6.0) / 10),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        norm_linear_map(norm, 6), torch.diag(1 + torch.arange(6.0) / 10), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_nearest_latents_and_the_matching_summary():
     g = torch.Generator().manual_seed(3)
     a = unit_rows(torch.randn(30, 8, generator=g))
-    b = unit_rows(torch.cat([a[:10] + 0.05 * torch.randn(10, 8, generator=g),
-                             torch.randn(15, 8, generator=g)]))
+    b = unit_rows(
+        torch.cat(
+            [a[:10] + 0.05 * torch.randn(10, 8, generator=g), torch.randn(15, 8, generator=g)]
+        )
+    )
     full = a @ b.T
     ids, cos = nearest(a, b, 4, same=False, chunk=7)
     assert ids.tolist() == full.topk(4, dim=1).indices.tolist()
@@ -281,12 +308,14 @@ def test_user_errors_are_one_line_and_keep_the_out_folder(built, tmp_path, capsy
         build_site(dirs, keep)
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
-    other = save_sparse_sae(tmp_path / "other", root / "model", root / "corpus.txt",
-                            site="blocks.2.hook_resid_post")
+    other = save_sparse_sae(
+        tmp_path / "other", root / "model", root / "corpus.txt", site="blocks.2.hook_resid_post"
+    )
     with pytest.raises(ConfigError, match="different hook_name.*--site"):
         build_site([dirs[0], other], tmp_path / "out")
     wide = create_sae("relu", d_in=8, d_sae=4).save(
-        tmp_path / "wide", metadata={"model_name": str(root / "model"), "hook_name": SITE})
+        tmp_path / "wide", metadata={"model_name": str(root / "model"), "hook_name": SITE}
+    )
     with pytest.raises(DataError, match="width 32, but SAE wide expects d_in 8"):
         build_site([wide], tmp_path / "out", dataset=str(root / "corpus.txt"), progress=False)
     assert not (tmp_path / "out").exists()
@@ -307,8 +336,23 @@ def test_user_errors_are_one_line_and_keep_the_out_folder(built, tmp_path, capsy
 def test_cli_writes_a_site(built, tmp_path, capsys):
     root, dirs, _ = built
     out = tmp_path / "site"
-    assert main(["browse", str(dirs[0]), "--out", str(out), "--tokens", "100", "--top", "2",
-                 "--random", "2"]) == 0
+    assert (
+        main(
+            [
+                "browse",
+                str(dirs[0]),
+                "--out",
+                str(out),
+                "--tokens",
+                "100",
+                "--top",
+                "2",
+                "--random",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out / "index.html")
     manifest = json.loads((out / "site.json").read_text())
     assert manifest["tokens"] == 7 * (CTX - 1) and manifest["options"]["top"] == 2
@@ -318,7 +362,12 @@ def test_cli_writes_a_site(built, tmp_path, capsys):
     manifest = json.loads((out / "site.json").read_text())
     assert [s["name"] for s in manifest["saes"]] == ["saes-relu-0", "saes-relu-1"]
     assert sorted(p.name for p in (out / "data").iterdir()) == [
-        "cross", "saes-relu-0", "saes-relu-1", "site.js", "vocab.js"]
+        "cross",
+        "saes-relu-0",
+        "saes-relu-1",
+        "site.js",
+        "vocab.js",
+    ]
     assert manifest["tokens"] == 2 * (CTX - 1)
 
 
@@ -331,11 +380,19 @@ def test_smollm2_site(no_network, tmp_path):
     sae = create_sae("relu", d_in=lm.d_model, d_sae=16)
     path = sae.save(tmp_path / "sae", metadata={"model_name": "smollm2-135m", "hook_name": site})
     corpus = tmp_path / "text.txt"
-    corpus.write_text("Sparse autoencoders decompose a language model's activations into "
-                      "features. The quick brown fox jumps over the lazy dog. " * 8)
+    corpus.write_text(
+        "Sparse autoencoders decompose a language model's activations into "
+        "features. The quick brown fox jumps over the lazy dog. " * 8
+    )
     out = tmp_path / "site"
-    build_site([path], out, lm=lm, dataset=str(corpus), options=BrowseOptions(tokens=64, context_size=32, top=2,
-                                                         random=2, logits=3), progress=False)
+    build_site(
+        [path],
+        out,
+        lm=lm,
+        dataset=str(corpus),
+        options=BrowseOptions(tokens=64, context_size=32, top=2, random=2, logits=3),
+        progress=False,
+    )
     record = read_data(out, "sae/latents/0")
     expected = (sae.W_dec[0] * lm.model.model.norm.weight) @ lm.model.lm_head.weight.T
     top = expected.detach().topk(3)
