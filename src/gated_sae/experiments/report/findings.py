@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from ..pareto import Comparison, interpolate_at, sparsity_level
-from .model import BASE_ARCHS, SweepResults, finite, variant_key
+from .model import BASE_ARCHS, BASELINE, GATED, SweepResults, finite, variant_key
 
 EQUAL_COMPUTE_RATIO = 1.5  # a gated step costs about 1.5 baseline steps (paper, Sec. 4)
 GAMMA_TOLERANCE = 0.05  # "γ ≈ 1" for the shrinkage check
@@ -99,12 +99,12 @@ def b_mag_verdict(comparisons: list[Comparison], sign: int) -> BMag:
 
 
 def _ablations(res: SweepResults) -> tuple[int | None, list[Ablation]]:
-    ablated_rows = [r for r in res.rows if r["arch"] == "gated" and r["variant"] != "gated"]
+    ablated_rows = [r for r in res.rows if r["arch"] == GATED and r["variant"] != GATED]
     if not ablated_rows:
         return None, []
     widths = [r["d_sae"] for r in ablated_rows]
     width = res.main_width if res.main_width in widths else max(set(widths), key=widths.count)
-    all_gated = [r for r in res.rows if r["variant"] == "gated" and r["d_sae"] == width]
+    all_gated = [r for r in res.rows if r["variant"] == GATED and r["d_sae"] == width]
     out = []
     for variant in sorted({r["variant"] for r in ablated_rows}, key=variant_key):
         lrs = sorted(
@@ -114,7 +114,7 @@ def _ablations(res: SweepResults) -> tuple[int | None, list[Ablation]]:
         same_lrs = bool(gated)
         gated = gated or all_gated
         if lrs and gated:
-            gated_points = res.points("gated", width, gated)
+            gated_points = res.points(GATED, width, gated)
             ablated = res.points(variant, width)
             comparisons = res.compare(gated_points, ablated)
             out.append(Ablation(variant, lrs, same_lrs, gated_points, ablated, comparisons))
@@ -213,8 +213,8 @@ def _shared_lr(res: SweepResults) -> list[tuple[float, Comparison]]:
     """The margin had both used one shared lr, at each lr both swept."""
     width = res.main_width
     lrs = sorted(
-        {s["lr"] for s in res.per_lr if s["variant"] == "gated" and s["d_sae"] == width}
-        & {s["lr"] for s in res.per_lr if s["variant"] == "relu" and s["d_sae"] == width}
+        {s["lr"] for s in res.per_lr if s["variant"] == GATED and s["d_sae"] == width}
+        & {s["lr"] for s in res.per_lr if s["variant"] == BASELINE and s["d_sae"] == width}
     )
     if len(lrs) < 2:  # with one lr, the shared-lr margin is the best-lr margin
         return []
@@ -229,7 +229,7 @@ def _shared_lr(res: SweepResults) -> list[tuple[float, Comparison]]:
                 ),
                 key=sparsity_level,
             )
-            for v in ("relu", "gated")
+            for v in (BASELINE, GATED)
         )
         comparisons = res.compare(relu, gated)
         if comparisons:
@@ -260,12 +260,12 @@ def shrinkage(relu: list[dict], gated: list[dict]) -> Shrinkage | None:
 def analyse_q2(res: SweepResults) -> Q2 | None:
     """None when relu or gated is missing at the main width."""
     width = res.main_width
-    relu, gated = res.family("relu", width), res.family("gated", width)
+    relu, gated = res.family(BASELINE, width), res.family(GATED, width)
     if not relu or not gated:
         return None
     archs = [a for a in BASE_ARCHS if res.family(a, width)]
     relu_best = {sparsity_level(s): s["lr"] for s in relu}
-    frontier = res.compare(res.points("relu", width), res.points("gated", width))
+    frontier = res.compare(res.points(BASELINE, width), res.points(GATED, width))
     return Q2(
         sweeps=[_lr_sweep(a, res.family(a, width)) for a in archs],
         grid=_lr_grid(res, archs),
@@ -355,18 +355,18 @@ def equal_compute_width(widths: Sequence[int], gated_width: int) -> int | None:
 def width_families(res: SweepResults) -> list[WidthFamilies]:
     """One entry per width gated was trained at."""
     rows = _width_rows(res)
-    gated_widths = sorted({r["d_sae"] for r in rows if r["variant"] == "gated"})
-    relu_widths = sorted({r["d_sae"] for r in rows if r["variant"] == "relu"})
+    gated_widths = sorted({r["d_sae"] for r in rows if r["variant"] == GATED})
+    relu_widths = sorted({r["d_sae"] for r in rows if r["variant"] == BASELINE})
     out = []
     for w in gated_widths:
         wide = equal_compute_width(relu_widths, w)
         out.append(
             WidthFamilies(
                 w,
-                res.points("gated", w, rows),
-                res.points("relu", w, rows),
+                res.points(GATED, w, rows),
+                res.points(BASELINE, w, rows),
                 wide,
-                res.points("relu", wide, rows) if wide is not None else [],
+                res.points(BASELINE, wide, rows) if wide is not None else [],
             )
         )
     return out
@@ -390,7 +390,7 @@ def _trends(res: SweepResults, data: list[WidthFamilies]) -> list[Trend]:
     """How each architecture's own fidelity moves with width, at one L0 all its widths cover
     (the geometric middle of their common L0 range)."""
     out = []
-    for variant in ("gated", "relu"):
+    for variant in (GATED, BASELINE):
         fronts = [(d.width, res.front(getattr(d, variant))) for d in data]
         fronts = [(w, f) for w, f in fronts if f]
         if len(fronts) < 2:

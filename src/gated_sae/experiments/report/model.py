@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 
 from ...saes import ARCHITECTURES, variant_order
+from ...saes.gated import GatedSAE
+from ...saes.relu import ReLUSAE
 from ..pareto import (
     Comparison,
     best_lr_rows,
@@ -20,6 +22,8 @@ from ..pareto import (
 
 BASE_ARCHS = tuple(ARCHITECTURES)
 VARIANT_ORDER = variant_order()
+# The subjects of the three questions: the Gated SAE, against the ReLU baseline.
+GATED, BASELINE = GatedSAE.architecture, ReLUSAE.architecture
 
 
 def finite(x) -> bool:

@@ -14,7 +14,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from ..pareto import interpolate_at, sparsity_level
 from . import formatting as fmt
 from .findings import width_families
-from .model import BASE_ARCHS, VARIANT_ORDER, SweepResults, finite
+from .model import BASE_ARCHS, BASELINE, GATED, VARIANT_ORDER, SweepResults, finite
 
 
 def _color(variant: str) -> str:
@@ -228,9 +228,9 @@ def plot_width(res: SweepResults) -> bytes | None:
     ax = fig.subplots()
     widths = [d.width for d in data]
     lines = (
-        ("gated", "gated", "-", [d.gated for d in data]),
-        ("relu (equal width)", "relu", "-", [d.relu for d in data]),
-        ("relu 1.5× wider (equal compute)", "relu", "--", [d.relu_wide for d in data]),
+        (GATED, GATED, "-", [d.gated for d in data]),
+        (f"{BASELINE} (equal width)", BASELINE, "-", [d.relu for d in data]),
+        (f"{BASELINE} 1.5× wider (equal compute)", BASELINE, "--", [d.relu_wide for d in data]),
     )
     if lo <= hi:
         l0 = math.sqrt(lo * hi)

@@ -12,7 +12,7 @@ from ..pareto import sparsity_level
 from . import formatting as fmt
 from . import prose
 from .findings import Q1, Q2, Q3, LrGrid
-from .model import SweepResults, finite
+from .model import BASELINE, GATED, SweepResults, finite
 from .render import Block
 
 
@@ -151,7 +151,7 @@ def section_q2(q2: Q2 | None, res: SweepResults) -> list[Block]:
         details.append(
             (
                 "ul",
-                [prose.versus_sentence(c, "relu", "gated", res.metric_name) for c in q2.frontier],
+                [prose.versus_sentence(c, BASELINE, GATED, res.metric_name) for c in q2.frontier],
             )
         )
     if q2.shared_lr:
