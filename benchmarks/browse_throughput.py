@@ -101,15 +101,12 @@ def main() -> None:
             browse_s.append(time.perf_counter() - t)
 
     options = build.BrowseOptions()
-    gather = {k: getattr(options, k) for k in ("top", "random", "before", "after", "seed")}
     stats = collect(lm, saes, args.site, interleaved(), context_size=args.context,
-                    n_tokens=windows.numel(), progress=False, **gather)
+                    n_tokens=windows.numel(), progress=False, **options.sampling())
     n_tokens = windows.numel()
 
-    manifest = {"model": args.model, "site": args.site, "dataset": args.dataset,
-                "context_size": args.context, "tokens": n_tokens, "windows": len(windows),
-                "tokens_requested": args.tokens, "options": vars(options), "histogram": {},
-                "saes": [], "pairs": []}
+    manifest = build.new_manifest(args.model, args.site, args.dataset, args.context,
+                                  next(iter(stats.values())).n_tokens, options)
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             tmp = args.keep
@@ -130,7 +127,8 @@ def main() -> None:
                                                          "d_sae": saes[n].d_sae,
                                                          "architecture": saes[n].architecture}
                                                      for n, p in zip(names, args.sae, strict=True)},
-        "tokens": n_tokens, "batches": len(batches), "model_load_s": load_s,
+        "tokens": n_tokens, "tokens_note": "forwarded, BOS included", "batches": len(batches),
+        "model_load_s": load_s,
         "bare_s": sum(bare_s), "browse_s": sum(browse_s),
         "bare_tokens_per_s": n_tokens / sum(bare_s),
         "browse_tokens_per_s": n_tokens / sum(browse_s),

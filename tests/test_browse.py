@@ -385,14 +385,8 @@ def test_smollm2_site(no_network, tmp_path):
         "features. The quick brown fox jumps over the lazy dog. " * 8
     )
     out = tmp_path / "site"
-    build_site(
-        [path],
-        out,
-        lm=lm,
-        dataset=str(corpus),
-        options=BrowseOptions(tokens=64, context_size=32, top=2, random=2, logits=3),
-        progress=False,
-    )
+    options = BrowseOptions(tokens=64, context_size=32, top=2, random=2, logits=3)
+    build_site([path], out, lm=lm, dataset=str(corpus), options=options, progress=False)
     record = read_data(out, "sae/latents/0")
     expected = (sae.W_dec[0] * lm.model.model.norm.weight) @ lm.model.lm_head.weight.T
     top = expected.detach().topk(3)

@@ -53,6 +53,10 @@ class BrowseOptions:
     dense: float = 0.1
     seed: int = 0
 
+    def sampling(self) -> dict:
+        """The options of the pass itself (collect's LatentStats options)."""
+        return {k: getattr(self, k) for k in ("top", "random", "before", "after", "seed")}
+
     def check(self) -> None:
         for name in ("tokens", "batch_size", "top", "neighbours", "logits"):
             _check_int(name, getattr(self, name), 1)
@@ -178,21 +182,13 @@ def build_site(
                             f"expects d_in {sae.d_in}")
     n_windows = corpus.windows_for_tokens(options.tokens, context_size)
     batches = _batches(lm, dataset, context_size, n_windows, options.batch_size, text_field)
-    gather = {k: getattr(options, k) for k in ("top", "random", "before", "after", "seed")}
     stats = collect(lm, saes, site, batches, context_size=context_size,
-                    n_tokens=n_windows * context_size, progress=progress, **gather)
+                    n_tokens=n_windows * context_size, progress=progress, **options.sampling())
     n_tokens = next(iter(stats.values())).n_tokens
     if n_tokens == 0:
         raise DataError(f"dataset {dataset!r} has too little text for one window of "
                         f"{context_size} tokens")
-    manifest = {
-        "model": model, "site": site, "dataset": corpus.describe_dataset(dataset),
-        "context_size": context_size, "tokens": n_tokens,
-        "windows": n_tokens // (context_size - 1), "tokens_requested": options.tokens,
-        "options": asdict(options),
-        "histogram": {"log2_low": LOG2_LOW, "bins_per_octave": BINS_PER_OCTAVE},
-        "saes": [], "pairs": [],
-    }
+    manifest = new_manifest(model, site, dataset, context_size, n_tokens, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -203,6 +199,19 @@ def build_site(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "index.html"
+
+
+def new_manifest(model: str, site: str, dataset: str, context_size: int, n_tokens: int,
+                 options: BrowseOptions) -> dict:
+    """What a site was built from; `_write` adds its SAEs and pairs."""
+    return {
+        "model": model, "site": site, "dataset": corpus.describe_dataset(dataset),
+        "context_size": context_size, "tokens": n_tokens,
+        "windows": n_tokens // (context_size - 1), "tokens_requested": options.tokens,
+        "options": asdict(options),
+        "histogram": {"log2_low": LOG2_LOW, "bins_per_octave": BINS_PER_OCTAVE},
+        "saes": [], "pairs": [],
+    }
 
 
 def _write(root: Path, lm: LanguageModel, saes: dict[str, SAE], dirs: list[Path],
