@@ -23,8 +23,8 @@ SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it u
 
 @dataclass
 class LossTerms:
-    """A step's loss terms, detached, under the names metrics.jsonl logs them by and in its
-    order; each architecture sets those its loss has, and the coefficients are not applied."""
+    """A step's loss terms (detached, before their coefficients), named and ordered as
+    metrics.jsonl logs them; an architecture sets those its loss has."""
 
     fvu: torch.Tensor | None = None  # TopK: ‖x − x̂‖² / ‖x − E x‖², its reconstruction term
     mse: torch.Tensor | None = None  # ‖x − x̂‖²
