@@ -74,11 +74,6 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _model_label(lm: Any) -> str:
-    name = str(lm.name)
-    return os.path.abspath(name) if os.path.exists(name) else name
-
-
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
