@@ -5,6 +5,7 @@ final norm written out by family, neighbours against the full cosine matrix."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -260,6 +261,7 @@ def test_logit_effects_apply_the_final_norm(tiny_lm):
     torch.testing.assert_close(effects["down"], bottom.values, rtol=1e-4, atol=1e-5)
     assert effects["up_ids"].tolist() == top.indices.tolist()
     assert effects["down_ids"].tolist() == bottom.indices.tolist()
+    assert unembedding(dataclasses.replace(tiny_lm, family="unknown")) is None  # no logits
 
 
 def test_norm_linear_map_reads_gemmas_one_plus_gain():

@@ -22,7 +22,7 @@ import torch
 from ..data import corpus
 from ..data.lm import LanguageModel, load_model
 from ..errors import ConfigError, DataError, GatedSAEError
-from ..files import atomic_write_text, umask_mode
+from ..files import umask_mode
 from ..saes import SAE, load_sae
 from ..saes.base import replace_dir
 from . import site as data
@@ -249,10 +249,9 @@ def _write(root: Path, lm: LanguageModel, saes: dict[str, SAE], dirs: list[Path]
             record = data.cross_record(a, b, ab, ba, match_summary(*ab, *ba))
             data.write_js(root, f"cross/{a}__{b}", record)
             manifest["pairs"].append([a, b])
-    data.write_js(root, "vocab",
-                  data.vocabulary(lm.tokenizer, sorted(token_ids)))
+    data.write_js(root, "vocab", data.vocabulary(lm.tokenizer, sorted(token_ids)))
     data.write_js(root, "site", manifest)
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def site_pages(out: str | Path) -> dict[str, str]:

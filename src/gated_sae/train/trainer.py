@@ -46,9 +46,8 @@ class SAEConfig:
                                          if cls.default_sparsity_coef) + ")"})
     options: dict = field(default_factory=dict)
     name: str | None = None
-    resample_every: int = field(
-        default=0, metadata={"help": "steps between dead-latent resamplings (relu, gated); 0 = off"}
-    )
+    resample_every: int = field(default=0, metadata={
+        "help": "steps between dead-latent resamplings (relu, gated); 0 = off"})
 
     def __post_init__(self):
         architecture = sae_class(self.arch)  # raises on an unknown architecture
@@ -85,27 +84,21 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of initialisation and shuffling"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
     lr_warmup_steps: int = field(default=100, metadata={"help": "steps of linear lr warmup"})
-    lr_decay_fraction: float = field(
-        default=0.2, metadata={"help": "final fraction of steps over which the lr decays to 0"}
-    )
-    sparsity_warmup_fraction: float = field(
-        default=0.05, metadata={"help": "first fraction of steps over which λ ramps up from 0"}
-    )
-    dead_tokens: int | None = field(
-        default=None, metadata={"help": "a latent is dead after this many tokens without "
-                                "firing (default: tokens // 10, at least batch_size, at most 10M)"}
-    )
+    lr_decay_fraction: float = field(default=0.2, metadata={
+        "help": "final fraction of steps over which the lr decays to 0"})
+    sparsity_warmup_fraction: float = field(default=0.05, metadata={
+        "help": "first fraction of steps over which λ ramps up from 0"})
+    dead_tokens: int | None = field(default=None, metadata={
+        "help": "a latent is dead after this many tokens without firing "
+                "(default: tokens // 10, at least batch_size, at most 10M)"})
     step: str = field(default="auto", metadata={
         "help": "dense, sparse, or auto: whichever is cheaper at the current density"})
     precision: str = field(default="float32", metadata={
         "help": "float32, or bf16: bfloat16 autocast over float32 master weights"})
-    checkpoint_every: int = field(
-        default=500, metadata={"help": "steps between checkpoints; 0 = only at the end"}
-    )
+    checkpoint_every: int = field(default=500, metadata={
+        "help": "steps between checkpoints; 0 = only at the end"})
     log_every: int = field(default=10, metadata={"help": "steps between logged metrics"})
-    wandb_project: str | None = field(
-        default=None, metadata={"help": "also log to this wandb project"}
-    )
+    wandb_project: str | None = field(default=None, metadata={"help": "wandb project to log to"})
 
     def __post_init__(self):
         self.saes = [s if isinstance(s, SAEConfig) else SAEConfig(**s) for s in self.saes]
