@@ -245,7 +245,13 @@ def test_batches_cover_every_token_once_per_epoch_and_resume(lm, text_path, tmp_
     other = next(iter(cache_batches(cache, 57, seed=4, buffer_tokens=4 * (CTX - 1))))
     assert not torch.equal(other, epoch[0])
 
-    with_bos = cache_batches(cache, n_seq * CTX, seed=0, skip_bos=False)
+    with_bos = cache_batches(cache, n_seq * CTX, seed=0, skip_positions=0)
     assert torch.equal(key(next(iter(with_bos))), key(cache.activations[:].reshape(-1, d)))
+    past_two = cache_batches(cache, n_seq * (CTX - 2), seed=0, skip_positions=2)
+    assert torch.equal(key(next(iter(past_two))),
+                       key(cache.activations[:][:, 2:].reshape(-1, d).float()))
+    with pytest.raises(ConfigError, match=f"skip_positions {CTX - 1} is not accepted.*0 to "
+                                          f"{CTX - 2}"):
+        cache_batches(cache, 4, skip_positions=CTX - 1)
     with pytest.raises(DataError, match="batch size 286 is larger than the 285 activations"):
         cache_batches(cache, 286)

@@ -33,9 +33,8 @@ def perfect_sae(d: int):
     return sae
 
 
-def independent_metrics(lm, sae, windows: torch.Tensor, skip_bos: bool) -> dict[str, float]:
+def independent_metrics(lm, sae, windows: torch.Tensor, first: int) -> dict[str, float]:
     """The same numbers by hand: our own hook on block 1, F.cross_entropy and F.kl_div."""
-    first = 1 if skip_bos else 0
     block = BLOCKS[lm.family](lm.model)[1]
 
     def run(replace):
@@ -90,12 +89,13 @@ def test_zero_decoder_recovers_nothing(tiny_lm, tiny_windows):
     assert result["kl"] > 0.01
 
 
-@pytest.mark.parametrize("skip_bos", [True, False])
-def test_matches_independent_computation(tiny_lm, tiny_windows, skip_bos):
+@pytest.mark.parametrize("skip_positions", [1, 0, 2])
+def test_matches_independent_computation(tiny_lm, tiny_windows, skip_positions):
     torch.manual_seed(0)
     sae = create_sae("relu", d_in=TINY_D_MODEL, d_sae=4 * TINY_D_MODEL)  # a random SAE
-    expected = independent_metrics(tiny_lm, sae, tiny_windows, skip_bos)
-    result = lm_metrics(tiny_lm, sae, SITE, tiny_windows, batch_size=3, skip_bos=skip_bos)
+    expected = independent_metrics(tiny_lm, sae, tiny_windows, skip_positions)
+    result = lm_metrics(tiny_lm, sae, SITE, tiny_windows, batch_size=3,
+                        skip_positions=skip_positions)
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert result["loss_recovered"] == pytest.approx(
@@ -105,16 +105,16 @@ def test_matches_independent_computation(tiny_lm, tiny_windows, skip_bos):
     assert result["delta_loss"] == pytest.approx(expected["ce_sae"] - expected["ce_clean"],
                                                  rel=1e-4, abs=1e-6)
     n, t = tiny_windows.shape
-    assert result["n_tokens"] == n * (t - 2 if skip_bos else t - 1)
+    assert result["n_tokens"] == n * (t - 1 - skip_positions)
 
 
 def test_skip_bos_keeps_the_bos_prediction_out(tiny_lm, tiny_windows):
-    """With skip_bos the spliced model's prediction at BOS is untouched, and not counted."""
+    """Skipping BOS, the spliced model's prediction at BOS is untouched, and not counted."""
     sae = perfect_sae(TINY_D_MODEL)
     with torch.no_grad():
         sae.W_dec.zero_()
-    with_bos = lm_metrics(tiny_lm, sae, SITE, tiny_windows, skip_bos=False)
-    without = lm_metrics(tiny_lm, sae, SITE, tiny_windows, skip_bos=True)
+    with_bos = lm_metrics(tiny_lm, sae, SITE, tiny_windows, skip_positions=0)
+    without = lm_metrics(tiny_lm, sae, SITE, tiny_windows, skip_positions=1)
     assert with_bos["n_tokens"] - without["n_tokens"] == tiny_windows.shape[0]
     assert with_bos["ce_zero"] != pytest.approx(without["ce_zero"])
 

@@ -14,6 +14,7 @@ from gated_sae.data.corpus import token_windows
 from gated_sae.data.lm import load_model
 from gated_sae.data.source import ActivationSource
 from gated_sae.errors import ConfigError, DataError
+from gated_sae.evaluate.heldout import metrics_from_totals
 from gated_sae.evaluate.lm_metrics import lm_metrics
 from gated_sae.evaluate.metrics import activation_metrics
 from gated_sae.evaluate.pipeline import evaluate_saes, evaluate_stored, heldout_windows
@@ -38,6 +39,8 @@ def setup(tmp_path_factory):
             p.data += 0.05 * torch.randn_like(p)
     return lm, corpus, saes
 
+LM_KEYS = ("ce_clean", "ce_zero", "ce_sae", "kl", "predictions")
+
 
 def test_heldout_windows_are_the_sources_heldout_split(setup):
     lm, corpus, _ = setup
@@ -61,7 +64,9 @@ def test_many_saes_get_the_metrics_each_would_get_alone(setup):
         alone = activation_metrics(sae, acts)
         alone.pop("feature_density")
         spliced = lm_metrics(lm, sae, SITE, windows)
-        assert set(got[name]) == set(alone) | set(spliced) - {"n_tokens"} | {"lm_n_tokens"}
+        assert set(got[name]) == (
+            set(alone) | set(spliced) - {"n_tokens"} | {"lm_n_tokens", "gamma_centred"}
+        )
         for key, value in alone.items():
             assert got[name][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         for key in ("ce_clean", "ce_sae", "ce_zero", "loss_recovered", "delta_loss", "kl"):
@@ -69,6 +74,42 @@ def test_many_saes_get_the_metrics_each_would_get_alone(setup):
         assert got[name]["n_tokens"] == 7 * (CTX - 1)
         assert got[name]["lm_n_tokens"] == spliced["n_tokens"] == 7 * (CTX - 2)
     assert got["relu"]["ce_sae"] != got["topk"]["ce_sae"]
+
+
+def test_window_sums_give_the_metrics_on_any_multiset_of_windows(setup):
+    lm, corpus, saes = setup
+    windows = heldout_windows(lm, ActivationSource(lm.name, SITE, str(corpus), CTX), n_windows=6)
+    got = evaluate_saes(lm, saes, SITE, windows, lm_windows=4, per_window=True,
+                        sae_batch_size=2 * CTX)
+    acts = lm.activations(windows, SITE)[:, 1:].double()
+    mu = acts.flatten(0, 1).mean(0)
+    pick = [0, 0, 3, 5, 2]  # a bootstrap-like multiset of windows, LM ones among the first 4
+    for name, sae in saes.items():
+        sums = got[name]["windows"]
+        assert got[name]["n_tokens"] == 6 * (CTX - 1) and got[name]["lm_n_tokens"] == 4 * (CTX - 2)
+        # the whole-set metrics are the sums over every window
+        whole = metrics_from_totals({k: np.sum(v) for k, v in sums.items()})
+        for key, value in whole.items():
+            assert got[name][key] == pytest.approx(value, rel=1e-12), key
+        # ... and any multiset of windows gives the float64 metrics of those windows' tokens
+        x = acts[pick].flatten(0, 1)
+        with torch.no_grad():
+            x_hat = sae.decode(sae.encode(x.float())).double()
+        picked = metrics_from_totals({k: (v if k == "mu_sq" else v[pick].sum())
+                                      for k, v in sums.items() if k not in LM_KEYS})
+        assert picked["fvu"] == pytest.approx(
+            float((x - x_hat).pow(2).sum() / (x - mu).pow(2).sum()), rel=1e-6)
+        assert picked["gamma"] == pytest.approx(
+            float(x_hat.pow(2).sum() / (x * x_hat).sum()), rel=1e-6)
+        assert picked["gamma_centred"] == pytest.approx(
+            float((x_hat - mu).pow(2).sum() / ((x - mu) * (x_hat - mu)).sum()), rel=1e-6)
+        lm_pick = [1, 3, 3]
+        alone = lm_metrics(lm, sae, SITE, windows[lm_pick])
+        lm_sums = metrics_from_totals({k: sums[k][lm_pick].sum() for k in LM_KEYS})
+        for key in ("loss_recovered", "delta_loss"):
+            assert lm_sums[key] == pytest.approx(alone[key], rel=1e-6), key
+    with pytest.raises(ConfigError, match="lm_windows must be a positive integer"):
+        evaluate_saes(lm, saes, SITE, windows, lm_windows=0)
 
 
 def test_stored_activations_of_a_file_and_of_a_cache(setup, tmp_path):

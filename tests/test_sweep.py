@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import _SENTENCES, save_tiny_model
@@ -21,10 +22,12 @@ from gated_sae.data.cache import build_cache
 from gated_sae.data.corpus import token_windows
 from gated_sae.data.lm import load_model
 from gated_sae.errors import ConfigError
+from gated_sae.evaluate.heldout import metrics_from_totals
 from gated_sae.evaluate.lm_metrics import lm_metrics
 from gated_sae.evaluate.metrics import activation_metrics
 from gated_sae.experiments.results import COLUMNS
 from gated_sae.experiments.sweep import (
+    CONVERGENCE_TOLERANCE,
     Sweep,
     SweepConfig,
     expand_grid,
@@ -180,8 +183,28 @@ def test_a_sweep_over_a_cache_evaluates_with_the_caches_model_corpus_and_context
     expected = measured_with(model_a)
     for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "loss_recovered", "kl"):
         assert float(row[key]) == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
-    assert int(row["eval_tokens"]) == expected["n_tokens"] == 4 * (CACHE_CTX - 2)
+    assert int(row["lm_eval_tokens"]) == expected["n_tokens"] == 4 * (CACHE_CTX - 2)
+    assert int(row["eval_tokens"]) == 4 * (CACHE_CTX - 1)
     assert measured_with(model_b)["ce_clean"] != pytest.approx(expected["ce_clean"])
+
+    # heldout.npz: per-window sums that add up to the row's metrics
+    with np.load(tmp_path / "heldout.npz") as sums:
+        assert sums["names"].tolist() == [row["name"]] and sums["err_sq"].shape == (1, 4)
+        totals = metrics_from_totals({k: sums[k].sum() if k != "mu_sq" else sums[k]
+                                      for k in sums.files if k != "names"})
+    for key in ("fvu", "l0", "gamma", "gamma_centred", "loss_recovered", "delta_loss"):
+        assert float(row[key]) == pytest.approx(float(totals[key]), rel=1e-12), key
+    # curves.csv: curve_points evaluations, the last one at the end; convergence from them
+    curve = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    assert [int(r["step"]) for r in curve] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert {r["name"] for r in curve} == {row["name"]}
+    change = float(curve[-1]["loss_recovered"]) - float(curve[6]["loss_recovered"])  # step 7
+    assert float(row["lr_change"]) == pytest.approx(change)
+    assert row["converged"] == str(int(abs(change) < CONVERGENCE_TOLERANCE))
+    run = json.loads(next((tmp_path / "passes").glob("*/run.json")).read_text())
+    assert float(row["train_dead_fraction"]) == run["dead_fraction"][row["name"]]
+    assert int(row["train_dead_tokens"]) == 128  # tokens // 10, at least a batch
+    assert 0 < float(row["train_seconds"]) < float(row["pass_seconds"])
 
 
 @pytest.mark.parametrize("setting, given, held", [
@@ -207,6 +230,12 @@ def test_a_sweep_setting_that_contradicts_its_cache_is_a_one_line_error(
     assert err.count("\n") == 1 and f"{setting} {given!r} conflicts with cache" in err, err
     assert f"holds {setting} {held!r}" in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _untimed(results: Path) -> list[dict]:
+    """results.csv's rows without the columns of seconds, which differ run to run."""
+    return [{k: v for k, v in row.items() if not k.endswith("_seconds")}
+            for row in csv.DictReader(results.open())]
 
 
 def _run_cli(config_path: Path, out: Path, **popen) -> subprocess.Popen:
@@ -243,6 +272,8 @@ def test_interrupted_sweep_resumes_to_the_same_table(sweep_inputs, tmp_path, sin
 
     rerun = _run_cli(config_path, out)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
-    assert (out / "results.csv").read_text() == whole.read_text()
+    assert _untimed(out / "results.csv") == _untimed(whole)
+    for name in ("curves.csv", "heldout.npz"):
+        assert (out / name).read_bytes() == (whole.parent / name).read_bytes(), name
     for name, mtime in finished_before.items():  # finished passes were not trained again
         assert (out / "passes" / name / "run.json").stat().st_mtime_ns == mtime

@@ -421,3 +421,64 @@ def test_run_json_records_config_versions_seed(trained):
     assert run["versions"]["torch"] == torch.__version__
     assert {"gated_sae", "python"} <= set(run["versions"])
     assert not (trained["out"] / "checkpoint.pt").exists()
+
+
+# --- training curves and the training-stream dead fraction ----------------------------------
+
+class _Interrupted(Exception):
+    pass
+
+
+def _curve_run(out, stop_after=None):
+    """relu and topk for 12 steps, evaluated every 5 steps on raw held-out activations."""
+    acts, heldout = raw_activations(), raw_activations(256) * 1.1
+    saes = [{"arch": "relu", "d_sae": D_SAE, "lr": 1e-2}, {"arch": "topk", "d_sae": D_SAE,
+                                                           "options": {"k": 4}}]
+
+    def evaluate(trained):
+        return {name: {"fvu": activation_metrics(sae, heldout)["fvu"]}
+                for name, sae in trained.items()}
+
+    def batches():
+        for i, batch in enumerate(ShuffledBatches(acts, BATCH, seed=1).iter_from(0)):
+            if i == stop_after:
+                raise _Interrupted
+            yield batch
+
+    cfg = config(saes, steps=12, eval_every=5, checkpoint_every=4, dead_tokens=3 * BATCH)
+    trainer = Trainer(cfg, out)
+    return trainer, trainer.fit(batches(), evaluate), heldout
+
+
+def test_curves_are_the_saes_measured_during_training_and_resume_the_same(tmp_path):
+    trainer, result, heldout = _curve_run(tmp_path / "whole")
+    rows = [json.loads(line) for line in trainer.curves_path.read_text().splitlines()]
+    assert [(r["step"], r["tokens"], r["sae"]) for r in rows] == [
+        (s, s * BATCH, n) for s in (5, 10, 12) for n in ("relu", "topk")]
+    for name, sae in result.items():  # the last point measures the saved SAE
+        assert rows[-2 if name == "relu" else -1]["fvu"] == pytest.approx(
+            activation_metrics(sae, heldout)["fvu"], rel=1e-6)
+    assert rows[0]["fvu"] != rows[-2]["fvu"]
+    with pytest.raises(_Interrupted):
+        _curve_run(tmp_path / "resumed", stop_after=11)
+    resumed, _, _ = _curve_run(tmp_path / "resumed")
+    assert resumed.curves_path.read_text() == trainer.curves_path.read_text()
+
+
+def test_run_json_records_the_training_stream_dead_fraction(tmp_path):
+    slots = []
+
+    class RecordingSlot(TrainingSlot):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            slots.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "TrainingSlot", RecordingSlot)
+        # Strong L1 from the start kills latents: some never fire in the last 3 batches.
+        fit(tmp_path / "out", [{"arch": "relu", "d_sae": D_SAE, "sparsity_coef": 50.0,
+                                "lr": 0.2}], steps=12, sparsity_warmup_fraction=0.0,
+            dead_tokens=3 * BATCH)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    expected = float((slots[0].tokens_since_fired >= 3 * BATCH).float().mean())
+    assert run["dead_fraction"] == {"relu": expected} and 0 < expected < 1

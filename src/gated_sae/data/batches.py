@@ -19,6 +19,7 @@ from .corpus import (
     DEFAULT_DATASET,
     check_context_size,
     check_dataset,
+    check_skip_positions,
     iter_windows,
     special_token_ids,
 )
@@ -72,7 +73,7 @@ class ShuffledBatches(BatchStream):
 class CacheBatches(BatchStream):
     """Shuffled float32 batches [batch_size, d_in] of a cache's token activations.
 
-    Each epoch visits every token (BOS positions excluded when `skip_bos`) once, in an order
+    Each epoch visits every token (but the first `skip_positions` of each window) once, in an order
     fixed by the seed: the windows are cut into blocks, the blocks are permuted, consecutive
     blocks fill a shuffle buffer of about `buffer_tokens` tokens, and the tokens within a buffer
     are permuted. Blocks are read whole, so reads from the memory-mapped shards are sequential.
@@ -84,12 +85,14 @@ class CacheBatches(BatchStream):
 
     def __init__(
         self, cache: ActivationCache, batch_size: int, seed: int = 0, *,
-        skip_bos: bool = True, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        skip_positions: int = 1, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
     ):
         check_positive_int("batch_size", batch_size)
+        check_skip_positions(skip_positions, cache.context_size)
         check_positive_int("buffer_tokens", buffer_tokens)
-        self.cache, self.batch_size, self.seed, self.skip_bos = cache, batch_size, seed, skip_bos
-        self.per_window = cache.context_size - 1 if skip_bos else cache.context_size
+        self.cache, self.batch_size, self.seed = cache, batch_size, seed
+        self.skip_positions = skip_positions
+        self.per_window = cache.context_size - skip_positions
         total = cache.n_seq * self.per_window
         if batch_size > total:
             raise DataError(f"batch size {batch_size} is larger than the {total} activations in "
@@ -117,8 +120,7 @@ class CacheBatches(BatchStream):
         for b in blocks.tolist():
             rows = self.cache.activations.rows(b * self.block_windows,
                                                (b + 1) * self.block_windows)
-            if self.skip_bos:
-                rows = rows[:, 1:]
+            rows = rows[:, self.skip_positions:]
             parts.append(rows.reshape(-1, rows.shape[-1]))
         flat = torch.cat(parts)
         order = np.random.default_rng([self.seed, epoch, index]).permutation(flat.shape[0])
@@ -144,12 +146,13 @@ class CacheBatches(BatchStream):
 
 def cache_batches(
     cache: ActivationCache | str | os.PathLike, batch_size: int, seed: int = 0, *,
-    skip_bos: bool = True, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+    skip_positions: int = 1, buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
 ) -> CacheBatches:
     """Shuffled float32 batches of a cache (an ActivationCache or its folder): see CacheBatches."""
     if not isinstance(cache, ActivationCache):
         cache = load_cache(cache)
-    return CacheBatches(cache, batch_size, seed, skip_bos=skip_bos, buffer_tokens=buffer_tokens)
+    return CacheBatches(cache, batch_size, seed, skip_positions=skip_positions,
+                        buffer_tokens=buffer_tokens)
 
 
 # --- shuffled batches streamed from a model (no cache) -------------------------------------
@@ -161,10 +164,10 @@ class ModelBatches(BatchStream):
 
     The train windows are read in order, over and over (one epoch is one pass over the
     corpus), and cut into chunks of `buffer_tokens // per_window` windows (at least one). Each
-    chunk goes through the model `lm_batch_size` windows per forward; its activations (BOS
-    positions dropped when `skip_bos`) form a shuffle buffer permuted by a generator seeded
-    with (seed, chunk index). The permuted chunks, one after another, are cut into batches, so
-    one forward pass feeds every SAE that steps on a batch.
+    chunk goes through the model `lm_batch_size` windows per forward; its activations (the
+    first `skip_positions` of each window dropped) form a shuffle buffer permuted by a
+    generator seeded with (seed, chunk index). The permuted chunks, one after another, are
+    cut into batches, so one forward pass feeds every SAE that steps on a batch.
 
     Every chunk holds the same number of tokens, so `iter_from(step)` knows the chunk a step
     starts in. It skips the windows before that chunk by tokenizing them (no forward pass),
@@ -175,15 +178,17 @@ class ModelBatches(BatchStream):
     def __init__(
         self, lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096,
         seed: int = 0, *, context_size: int = 128, lm_batch_size: int = 32,
-        buffer_tokens: int = DEFAULT_BUFFER_TOKENS, text_field: str = "text", skip_bos: bool = True,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS, text_field: str = "text",
+        skip_positions: int = 1,
     ):
         for name, value in (("batch_size", batch_size), ("lm_batch_size", lm_batch_size),
                             ("buffer_tokens", buffer_tokens)):
             check_positive_int(name, value)
         check_context_size(context_size, lm.n_ctx)
+        check_skip_positions(skip_positions, context_size)
         check_dataset(dataset)
         self.lm, self.site, self.dataset, self.text_field = lm, site, dataset, text_field
-        self.batch_size, self.seed, self.skip_bos = batch_size, seed, skip_bos
+        self.batch_size, self.seed, self.skip_positions = batch_size, seed, skip_positions
         self.context_size, self.lm_batch_size = context_size, lm_batch_size
         self.bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
         probe = lm.activations(torch.tensor([[self.bos, self.bos]]), site)  # bad site fails here
@@ -191,7 +196,7 @@ class ModelBatches(BatchStream):
             raise ConfigError(f"site {site!r} gives activations of shape {list(probe.shape)}; "
                               "expected [batch, tokens, d]")
         self.d_in = int(probe.shape[-1])
-        self.per_window = context_size - 1 if skip_bos else context_size
+        self.per_window = context_size - skip_positions
         self.chunk_windows = max(1, buffer_tokens // self.per_window)
         self.chunk_tokens = self.chunk_windows * self.per_window
 
@@ -211,7 +216,7 @@ class ModelBatches(BatchStream):
 
     def _chunk(self, windows: Iterator[list[int]], index: int) -> torch.Tensor:
         ids = torch.tensor(list(itertools.islice(windows, self.chunk_windows)))
-        first = 1 if self.skip_bos else 0
+        first = self.skip_positions
         parts = []
         for start in range(0, len(ids), self.lm_batch_size):
             acts = self.lm.activations(ids[start:start + self.lm_batch_size], self.site)

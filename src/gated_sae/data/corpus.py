@@ -337,6 +337,16 @@ def check_context_size(context_size: int, n_ctx: int | None = None) -> None:
                           f"length {n_ctx}; accepted: 2 to {n_ctx}")
 
 
+def check_skip_positions(skip_positions: int, context_size: int) -> None:
+    """Raise ConfigError unless 0 <= skip_positions <= context_size − 2: the leading positions
+    of a window kept out of SAE training and metrics leave a token and its prediction."""
+    if (isinstance(skip_positions, bool) or not isinstance(skip_positions, int)
+            or not 0 <= skip_positions <= context_size - 2):
+        raise ConfigError(f"skip_positions {skip_positions!r} is not accepted for windows of "
+                          f"{context_size} tokens; accepted: an integer from 0 to "
+                          f"{context_size - 2}")
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ConfigError(f"split {split!r} is not accepted; accepted: {', '.join(SPLITS)}")

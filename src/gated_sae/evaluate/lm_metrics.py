@@ -16,6 +16,7 @@ import copy
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,25 +34,29 @@ def lm_metrics(
     windows: torch.Tensor,
     *,
     batch_size: int = LM_BATCH_SIZE,
-    skip_bos: bool = True,
+    skip_positions: int = 1,
+    per_window: bool = False,
 ) -> dict:
     """Cross-entropy of `lm` on `windows` [n, T], clean, with x̂ spliced in, and with zeros.
 
-    Positions: with `skip_bos` (position 0 of each window is BOS), the activation is replaced
-    at positions 1..T−1 and BOS keeps its clean activation, because BOS activations are
-    outliers an SAE is not meant to reconstruct. CE and KL are then measured on the logits
-    of positions 1..T−2, predicting tokens 2..T−1: those are exactly the predictions made
-    from a spliced position (position 0's prediction sees no splice, the last position has
-    no target). Without `skip_bos` every position is replaced and positions 0..T−2 predict
-    tokens 1..T−1.
+    Positions: the activation is replaced at positions s..T−1 (s = `skip_positions`); the
+    first s keep their clean activations. s = 1 (the default) keeps BOS (position 0) out,
+    because BOS activations are outliers an SAE is not meant to reconstruct; a model whose
+    first token after BOS carries such outliers too takes s = 2. CE and KL are measured on the
+    logits of positions s..T−2, predicting tokens s+1..T−1: exactly the predictions made from
+    a spliced position (earlier ones see no splice, the last position has no target). With
+    s = 0 every position is replaced and positions 0..T−2 predict tokens 1..T−1.
 
     Returns `ce_clean`, `ce_sae`, `ce_zero`, `loss_recovered`, `delta_loss`, `kl` (nats per
-    token) and `n_tokens` (predictions counted). Sums are accumulated in float64, so the
-    result does not depend on `batch_size`. The SAE runs in float32 whatever the model's dtype.
-    Given a mapping of SAEs, returns a mapping of results, sharing the clean and zero passes.
+    token) and `n_tokens` (predictions counted). Sums are taken per window in float64 and then
+    over windows, so the result does not depend on `batch_size`; with `per_window`, the result
+    also holds `windows`: float64 arrays [n] of each window's sums `ce_clean`, `ce_sae`,
+    `ce_zero`, `kl` and its count `predictions`, for a bootstrap over windows. The SAE runs in
+    float32 whatever the model's dtype. Given a mapping of SAEs, returns a mapping of results,
+    sharing the clean and zero passes.
     """
     saes = dict(sae) if isinstance(sae, Mapping) else {"": sae}
-    first = 1 if skip_bos else 0
+    first = skip_positions
     for one in saes.values():
         _check(lm, one, site, windows, first, batch_size)
     # float32 copies: the caller's SAEs keep their dtype
@@ -70,9 +75,8 @@ def lm_metrics(
     def zero(a: torch.Tensor) -> torch.Tensor:
         return torch.cat([a[:, :first], torch.zeros_like(a[:, first:])], dim=1)
 
-    sums = {"ce_clean": 0.0, "ce_zero": 0.0}
-    per_sae = {k: {"ce_sae": 0.0, "kl": 0.0} for k in saes}
-    n_tokens = 0
+    shared: dict[str, list[np.ndarray]] = {"ce_clean": [], "ce_zero": []}
+    per_sae: dict[str, dict[str, list[np.ndarray]]] = {k: {"ce_sae": [], "kl": []} for k in saes}
     with torch.inference_mode(), tqdm(total=len(windows), desc=f"LM metrics at {site}",
                                       unit="window", leave=False) as bar:
         for start in range(0, len(windows), batch_size):
@@ -81,33 +85,41 @@ def lm_metrics(
             # logits at position t predict token t+1; keep those made from spliced positions
             clean = _log_probs(lm.logits(ids), first)
             with lm.splice(site, zero):
-                sums["ce_zero"] += _nll_sum(_log_probs(lm.logits(ids), first), targets)
-            sums["ce_clean"] += _nll_sum(clean, targets)
+                shared["ce_zero"].append(_nll_sums(_log_probs(lm.logits(ids), first), targets))
+            shared["ce_clean"].append(_nll_sums(clean, targets))
             for name, one in saes.items():
                 with lm.splice(site, reconstruct_with(one)):
                     spliced = _log_probs(lm.logits(ids), first)
-                per_sae[name]["ce_sae"] += _nll_sum(spliced, targets)
+                per_sae[name]["ce_sae"].append(_nll_sums(spliced, targets))
                 # KL(clean ‖ sae) per token = Σ_v p_clean (log p_clean − log p_sae)
                 kl = (clean.exp() * (clean - spliced)).sum(-1)
-                per_sae[name]["kl"] += kl.double().sum().item()
-            n_tokens += targets.numel()
+                per_sae[name]["kl"].append(kl.double().sum(-1).cpu().numpy())
             bar.update(len(ids))
 
-    ce_clean, ce_zero = sums["ce_clean"] / n_tokens, sums["ce_zero"] / n_tokens
+    n_pred = windows.shape[1] - first - 1
+    window_sums = {k: np.concatenate(v) for k, v in shared.items()}
+    window_sums["predictions"] = np.full(len(windows), n_pred, dtype=np.int64)
+    n_tokens = len(windows) * n_pred
+    ce_clean = window_sums["ce_clean"].sum() / n_tokens
+    ce_zero = window_sums["ce_zero"].sum() / n_tokens
     denominator = ce_zero - ce_clean
     results = {}
-    for name, totals in per_sae.items():
-        ce_sae = totals["ce_sae"] / n_tokens
+    for name, lists in per_sae.items():
+        own = {k: np.concatenate(v) for k, v in lists.items()}
+        ce_sae = own["ce_sae"].sum() / n_tokens
         results[name] = {
-            "ce_clean": ce_clean,
-            "ce_sae": ce_sae,
-            "ce_zero": ce_zero,
+            "ce_clean": float(ce_clean),
+            "ce_sae": float(ce_sae),
+            "ce_zero": float(ce_zero),
             # undefined when zeroing the site changes nothing
-            "loss_recovered": (ce_zero - ce_sae) / denominator if denominator != 0 else math.nan,
-            "delta_loss": ce_sae - ce_clean,
-            "kl": totals["kl"] / n_tokens,
+            "loss_recovered": float((ce_zero - ce_sae) / denominator)
+            if denominator != 0 else math.nan,
+            "delta_loss": float(ce_sae - ce_clean),
+            "kl": float(own["kl"].sum() / n_tokens),
             "n_tokens": n_tokens,
         }
+        if per_window:
+            results[name]["windows"] = {**window_sums, **own}
     return results if isinstance(sae, Mapping) else results[""]
 
 
@@ -124,10 +136,10 @@ def _log_probs(logits: torch.Tensor, first: int) -> torch.Tensor:
     return torch.log_softmax(logits[:, first:-1].float(), dim=-1)
 
 
-def _nll_sum(log_probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Σ over tokens of −log p(target), summed in float64."""
+def _nll_sums(log_probs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Each window's Σ over tokens of −log p(target), summed in float64: [n]."""
     picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return -picked.double().sum().item()
+    return -picked.double().sum(-1).cpu().numpy()
 
 
 def _check(lm: LanguageModel, sae: SAE, site: str, windows: torch.Tensor, first: int,
@@ -137,6 +149,8 @@ def _check(lm: LanguageModel, sae: SAE, site: str, windows: torch.Tensor, first:
         got = (f"a {windows.dtype} tensor of shape {list(windows.shape)}"
                if isinstance(windows, torch.Tensor) else type(windows).__name__)
         raise ConfigError(f"windows must be an integer tensor [n, tokens], got {got}")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        raise ConfigError(f"skip_positions must be an integer >= 0, got {first!r}")
     if len(windows) == 0 or windows.shape[1] < first + 2:
         raise ConfigError(f"windows of shape {list(windows.shape)} hold no prediction from a "
                           f"spliced position; need at least one window of {first + 2} tokens")

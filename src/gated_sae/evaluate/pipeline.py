@@ -19,8 +19,9 @@ from ..data.lm import LanguageModel
 from ..data.source import ActivationSource
 from ..errors import DataError, check_positive_int
 from ..saes.base import SAE
+from .heldout import metrics_from_totals, sae_window_sums, shared_window_sums
 from .lm_metrics import LM_BATCH_SIZE, lm_metrics
-from .metrics import activation_metrics
+from .metrics import DENSE_THRESHOLD, activation_metrics
 
 SAE_BATCH_SIZE = 4096  # activations per SAE forward
 
@@ -41,26 +42,47 @@ def heldout_windows(
 
 def evaluate_saes(
     lm: LanguageModel, saes: Mapping[str, SAE], site: str, windows: torch.Tensor, *,
-    lm_batch_size: int = LM_BATCH_SIZE, sae_batch_size: int = SAE_BATCH_SIZE,
+    lm_windows: int | None = None, skip_positions: int = 1, lm_batch_size: int = LM_BATCH_SIZE,
+    sae_batch_size: int = SAE_BATCH_SIZE, per_window: bool = False,
 ) -> dict[str, dict]:
     """Each SAE's metrics on `windows` [n, T] (BOS at position 0), by name.
 
-    The activation metrics (`activation_metrics`, without `feature_density`) are taken on the
-    site's activations at positions 1..T−1, `n_tokens` of them; the LM metrics (`lm_metrics`)
-    on the `lm_n_tokens` predictions made from those positions.
+    The activation metrics (those of `activation_metrics` but `feature_density`, and
+    `gamma_centred`) are taken on the site's activations at positions s..T−1 of every window
+    (s = `skip_positions`, 1: all but BOS), `n_tokens` of them, as sums per window
+    (heldout.py); the LM metrics (`lm_metrics`) on the `lm_n_tokens` predictions made from
+    those positions in the first `lm_windows` windows (default: all). With `per_window`, each
+    result also holds `windows`: the per-window sums of heldout.py and `lm_metrics`, from
+    which every metric is recomputed.
     """
-    lm_results = lm_metrics(lm, saes, site, windows, batch_size=lm_batch_size)  # checks first
+    if lm_windows is not None:
+        check_positive_int("lm_windows", lm_windows)
+    lm_results = lm_metrics(lm, saes, site, windows[:lm_windows], batch_size=lm_batch_size,
+                            skip_positions=skip_positions, per_window=per_window)  # checks first
     acts = torch.cat([
-        lm.activations(windows[start:start + lm_batch_size], site)[:, 1:].flatten(0, 1).float()
+        lm.activations(windows[start:start + lm_batch_size], site)[:, skip_positions:].float()
         for start in range(0, len(windows), lm_batch_size)
     ])
+    shared, mu = shared_window_sums(acts)
+    n_tokens = acts.shape[0] * acts.shape[1]
     results = {}
     for name, sae in saes.items():
-        metrics = activation_metrics(sae, acts.split(sae_batch_size))
-        metrics.pop("feature_density")
+        sums, fires = sae_window_sums(sae, acts, mu, max(1, sae_batch_size // acts.shape[1]))
+        totals = {k: v.sum() for k, v in {**shared, **sums}.items()}
+        metrics = {k: float(v) for k, v in metrics_from_totals(totals).items()}
+        density = fires.double() / n_tokens
+        result = {
+            "n_tokens": n_tokens,
+            **metrics,
+            "explained_variance": 1.0 - metrics["fvu"],
+            "dense_fraction": float((density > DENSE_THRESHOLD).double().mean()),
+            "dead_fraction": float((fires == 0).double().mean()),
+        }
         lm_result = dict(lm_results[name])
         lm_result["lm_n_tokens"] = lm_result.pop("n_tokens")
-        results[name] = {**metrics, **lm_result}
+        if per_window:
+            lm_result["windows"] = {**shared, **sums, **lm_result["windows"]}
+        results[name] = {**result, **lm_result}
     return results
 
 

@@ -47,7 +47,24 @@ SETTINGS = (
     "batch_size",
     "role",
 )
-MEASURED = (*METRICS, "eval_tokens")  # eval_tokens: held-out tokens the metrics were taken on
+# eval_tokens: held-out tokens of the activation metrics; lm_eval_tokens: predictions of the
+# LM metrics; train_dead_fraction: latents silent over the last train_dead_tokens of training;
+# converged, lr_change, fvu_change: the last quarter of the training curve (sweep.convergence);
+# seconds: the SAE's training steps, its pass's wall time, its share of the evaluation.
+MEASURED = (
+    *METRICS,
+    "gamma_centred",
+    "eval_tokens",
+    "lm_eval_tokens",
+    "train_dead_fraction",
+    "train_dead_tokens",
+    "converged",
+    "lr_change",
+    "fvu_change",
+    "train_seconds",
+    "pass_seconds",
+    "eval_seconds",
+)
 COLUMNS = [*SETTINGS, *MEASURED]
 INT_COLUMNS = ("d_sae", "seed", "tokens", "batch_size", "k")
 FLOAT_COLUMNS = ("lr", "sparsity_coef", *MEASURED)

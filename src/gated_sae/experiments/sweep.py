@@ -4,9 +4,14 @@ every finished SAE evaluated on held-out text and appended to `results.csv`.
 A grid entry names an architecture and lists of values to cross: `d_sae`, `lr`,
 `sparsity_coef`, `k`, `seeds`, with fixed `options` and the `role` tags that say which
 question the entry serves. The same SAE requested by two entries is trained once and
-carries both roles. SAEs are trained in passes: those sharing a seed read the same batches,
-up to `max_saes_per_pass` at a time. Rerunning resumes: SAEs already in `results.csv` are
-not trained again, and an interrupted pass resumes from its checkpoint.
+carries both roles. SAEs are trained in passes: those sharing a seed and a token budget
+read the same batches, up to `max_saes_per_pass` at a time. Rerunning resumes: SAEs already
+in `results.csv` are not trained again, and an interrupted pass resumes from its checkpoint.
+
+Beside results.csv the folder gets what a report needs to judge the SAEs: `curves.csv`
+(held-out L0, FVU and loss recovered during training, and from them each SAE's convergence)
+and `heldout.npz` (the held-out metrics as per-window sums, for a bootstrap over tokens;
+evaluate/heldout.py).
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import csv
 import itertools
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -31,14 +38,20 @@ from ..data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
 from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE
 from ..data.source import ActivationSource
 from ..errors import ConfigError, DataError, check_positive_int
+from ..evaluate.heldout import ACTIVATION_SUMS, SHARED_SUMS
 from ..evaluate.pipeline import evaluate_saes, heldout_windows
-from ..files import atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
 from .pareto import METRICS
 from .results import results_text
 
 PRESETS = ("questions", "paper")
+# Converged: loss recovered moved by less than this over the last quarter of training.
+CONVERGENCE_TOLERANCE = 0.005
+CURVE_METRICS = ("l0", "fvu", "loss_recovered")
+LM_SHARED = ("ce_clean", "ce_zero", "predictions")
+LM_OWN = ("ce_sae", "kl")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
 GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}
 
@@ -64,7 +77,13 @@ class SweepConfig:
     cache_tokens: int = field(default=200_000, metadata={"help": "tokens to cache"})
     context_size: int | None = field(default=None, metadata={
         "help": f"tokens per window (default: the cache's, else {DEFAULT_CONTEXT_SIZE})"})
+    skip_positions: int = field(default=1, metadata={
+        "help": "leading positions of each window kept out of training and metrics "
+                "(1: BOS; 2: BOS and the first token, for models that put outliers there)"})
     tokens: int = field(default=500_000, metadata={"help": "training tokens per SAE"})
+    tokens_per_latent: int | None = field(default=None, metadata={
+        "help": "if set, an SAE trains on max(tokens, this × d_sae) tokens: wider "
+                "dictionaries need more"})
     batch_size: int = field(default=1024, metadata={"help": "activations per SAE step"})
     seeds: list[int] = field(default_factory=lambda: [0])
     main_width: int | None = field(default=None, metadata={
@@ -72,7 +91,13 @@ class SweepConfig:
     max_saes_per_pass: int = field(default=16, metadata={
         "help": "SAEs trained together on one read of the cache"})
     eval_windows: int = field(default=32, metadata={
-        "help": "held-out windows for the evaluation"})
+        "help": "held-out windows for the activation metrics"})
+    lm_eval_windows: int | None = field(default=None, metadata={
+        "help": "the first of them for the LM metrics, a forward each (default: all)"})
+    curve_points: int = field(default=8, metadata={
+        "help": "held-out evaluations during training, evenly spaced, the last at the end"})
+    curve_windows: int = field(default=8, metadata={
+        "help": "the first held-out windows the training curves are measured on"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
     train: dict = field(default_factory=dict)  # further TrainConfig settings
 
@@ -119,6 +144,7 @@ class SweepPoint:
 
     sae: SAEConfig
     seed: int
+    tokens: int
     roles: set[str]
 
     @property
@@ -169,7 +195,8 @@ def expand_grid(config: SweepConfig) -> list[SweepPoint]:
             if sae.name in points:
                 points[sae.name].roles |= roles
             else:
-                points[sae.name] = SweepPoint(sae, seed, set(roles))
+                tokens = max(config.tokens, (config.tokens_per_latent or 0) * d_sae)
+                points[sae.name] = SweepPoint(sae, seed, tokens, set(roles))
     return list(points.values())
 
 
@@ -180,13 +207,33 @@ def point_name(sae: SAEConfig, seed: int) -> str:
 
 
 def plan_passes(points: list[SweepPoint], max_per_pass: int) -> list[tuple[str, list[SweepPoint]]]:
-    """Group SAEs sharing a seed into passes of at most `max_per_pass`, deterministically."""
+    """Group SAEs sharing a seed and a token budget into passes of at most `max_per_pass`,
+    deterministically."""
     passes = []
-    for seed in sorted({p.seed for p in points}):
-        group = [p for p in points if p.seed == seed]
+    for seed, tokens in sorted({(p.seed, p.tokens) for p in points}):
+        group = [p for p in points if (p.seed, p.tokens) == (seed, tokens)]
         for i in range(0, len(group), max_per_pass):
-            passes.append((f"seed{seed}-pass{i // max_per_pass:03d}", group[i : i + max_per_pass]))
+            passes.append((f"seed{seed}-t{tokens}-pass{i // max_per_pass:03d}",
+                           group[i : i + max_per_pass]))
     return passes
+
+
+def convergence(curve: list[dict]) -> dict:
+    """An SAE's change over the last quarter of training, from its curve points (in order,
+    the last at the end): loss recovered at the end minus at the last point at or before
+    3/4 of the steps, the same for FVU relative to its final value, and whether the loss
+    recovered moved by less than CONVERGENCE_TOLERANCE."""
+    end = curve[-1]
+    earlier = [r for r in curve if 4 * r["step"] <= 3 * end["step"]]
+    if not earlier:
+        return {"lr_change": math.nan, "fvu_change": math.nan, "converged": 0}
+    start = earlier[-1]
+    lr_change = end["loss_recovered"] - start["loss_recovered"]
+    return {
+        "lr_change": lr_change,
+        "fvu_change": (end["fvu"] - start["fvu"]) / end["fvu"],
+        "converged": int(abs(lr_change) < CONVERGENCE_TOLERANCE),
+    }
 
 
 class Sweep:
@@ -195,15 +242,26 @@ class Sweep:
     def __init__(self, config: SweepConfig, out: str | Path):
         self.config, self.out = config, Path(out)
         self.points = expand_grid(config)
-        check_positive_int("max_saes_per_pass", config.max_saes_per_pass)
+        for name in ("max_saes_per_pass", "eval_windows", "curve_points", "curve_windows"):
+            check_positive_int(name, getattr(config, name))
+        if config.lm_eval_windows is not None:
+            check_positive_int("lm_eval_windows", config.lm_eval_windows)
+        if config.tokens_per_latent is not None:
+            check_positive_int("tokens_per_latent", config.tokens_per_latent)
         self.results_path = self.out / "results.csv"
+        self.curves_path = self.out / "curves.csv"
+        self.heldout_path = self.out / "heldout.npz"
         self._lm = None
+        self._model_dtype = None  # the cache's: its activations came from the model in it
         self._windows = None
 
     def run(self) -> Path:
         cfg = self.config
+        started = time.perf_counter()
         done = self._read_results()
         cache = self._cache()  # first: a bad model, site or corpus leaves no folder behind
+        cache_seconds = time.perf_counter() - started
+        self._model_dtype = cache.manifest.get("model_dtype")
         source = ActivationSource.of_cache(cache.manifest)
         source.check_agrees(f"cache {cache.path}", model=cfg.model, site=cfg.site,
                             dataset=cfg.dataset, context_size=cfg.context_size)
@@ -219,17 +277,40 @@ class Sweep:
             train = TrainConfig(
                 saes=[p.sae for p in points],
                 batch_size=cfg.batch_size,
-                tokens=cfg.tokens,
+                tokens=points[0].tokens,
                 seed=points[0].seed,
                 device=cfg.device,
-                **cfg.train,
+                **{"eval_every": max(1, points[0].tokens // cfg.batch_size // cfg.curve_points),
+                   **cfg.train},
             )
             trainer = Trainer(train, self.out / "passes" / pass_id, source.sae_metadata())
-            saes = trainer.fit(cache_batches(cache, cfg.batch_size, points[0].seed))
+            pass_started = time.perf_counter()
+            batches = cache_batches(cache, cfg.batch_size, points[0].seed,
+                                    skip_positions=cfg.skip_positions)
+            saes = trainer.fit(batches, self._curve_evaluation(source))
+            pass_seconds = time.perf_counter() - pass_started
+            eval_started = time.perf_counter()
             metrics = self._evaluate({p.sae.name: saes[p.sae.name] for p in todo}, source)
+            eval_seconds = (time.perf_counter() - eval_started) / len(todo)
+            run = json.loads((trainer.out / "run.json").read_text())
+            curves = _read_curves(trainer.curves_path)
             for point in todo:
-                done[point.sae.name] = self._row(point, metrics[point.sae.name])
+                name = point.sae.name
+                done[name] = {
+                    **self._row(point, metrics[name]),
+                    **convergence(curves[name]),
+                    "train_dead_fraction": run["dead_fraction"][name],
+                    "train_dead_tokens": train.dead_tokens,
+                    "train_seconds": run["timing"]["step_seconds"][name],
+                    "pass_seconds": pass_seconds,
+                    "eval_seconds": eval_seconds,
+                }
+            self._write_heldout({p.sae.name: metrics[p.sae.name]["windows"] for p in todo})
+            self._write_curves(done, passes)
             self._write_results(done)
+        record["total_seconds"] = time.perf_counter() - started
+        record["cache_seconds"] = cache_seconds
+        atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
         return self.results_path
 
     # --- data ---------------------------------------------------------------------------
@@ -250,22 +331,41 @@ class Sweep:
             )
         )
 
-    def _model(self, name: str):
+    def _model(self, name: str, dtype: str | None = None):
         """The sweep's one model, loaded once: the one its cache is built from or holds."""
         if self._lm is None:
             from ..data.lm import load_model
 
-            self._lm = load_model(name, device=self.config.device)
+            self._lm = load_model(name, device=self.config.device, dtype=dtype)
         return self._lm
 
     # --- evaluation and results ---------------------------------------------------------
 
-    def _evaluate(self, saes: dict, source: ActivationSource) -> dict[str, dict]:
-        """The SAEs' metrics on the same held-out windows of the cache's corpus and model."""
-        lm = self._model(source.model)
+    def _heldout(self, source: ActivationSource) -> torch.Tensor:
+        """The held-out windows of the cache's corpus, read by the cache's model."""
+        lm = self._model(source.model, self._model_dtype)
         if self._windows is None:
             self._windows = heldout_windows(lm, source, n_windows=self.config.eval_windows)
-        return evaluate_saes(lm, saes, source.site, self._windows)
+        return self._windows
+
+    def _evaluate(self, saes: dict, source: ActivationSource) -> dict[str, dict]:
+        """The SAEs' metrics on the same held-out windows, with their per-window sums."""
+        windows = self._heldout(source)
+        return evaluate_saes(self._lm, saes, source.site, windows,
+                             lm_windows=self.config.lm_eval_windows,
+                             skip_positions=self.config.skip_positions, per_window=True)
+
+    def _curve_evaluation(self, source: ActivationSource):
+        """What the trainer measures for the training curves: L0, FVU and loss recovered on
+        the first `curve_windows` held-out windows."""
+        windows = self._heldout(source)[: self.config.curve_windows]
+
+        def evaluate(saes: dict) -> dict[str, dict]:
+            metrics = evaluate_saes(self._lm, saes, source.site, windows,
+                                    skip_positions=self.config.skip_positions)
+            return {name: {k: m[k] for k in CURVE_METRICS} for name, m in metrics.items()}
+
+        return evaluate
 
     def _row(self, point: SweepPoint, metrics: dict) -> dict:
         sae = point.sae
@@ -281,11 +381,13 @@ class Sweep:
             "sparsity_coef": "" if "k" in sae.options else sae.sparsity_coef,
             "k": sae.options.get("k", ""),
             "seed": point.seed,
-            "tokens": self.config.tokens,
+            "tokens": point.tokens,
             "batch_size": self.config.batch_size,
             "role": ";".join(sorted(point.roles)),
             **{m: metrics[m] for m in METRICS},
-            "eval_tokens": metrics["lm_n_tokens"],
+            "gamma_centred": metrics["gamma_centred"],
+            "eval_tokens": metrics["n_tokens"],
+            "lm_eval_tokens": metrics["lm_n_tokens"],
         }
 
     def _read_results(self) -> dict[str, dict]:
@@ -299,6 +401,36 @@ class Sweep:
         names = sorted(rows, key=lambda n: order.get(n, math.inf))
         atomic_write_text(self.results_path, results_text(rows[name] for name in names))
 
+    def _write_heldout(self, new: dict[str, dict]) -> None:
+        """Add the SAEs' per-window sums to heldout.npz (the shared sums are the same for
+        every pass: the same windows)."""
+        per_sae: dict[str, dict] = {}
+        shared: dict = {}
+        if self.heldout_path.is_file():
+            with np.load(self.heldout_path) as old:
+                shared = {k: old[k] for k in (*SHARED_SUMS, "mu_sq", *LM_SHARED)}
+                for i, name in enumerate(old["names"].tolist()):
+                    per_sae[name] = {k: old[k][i] for k in (*ACTIVATION_SUMS, *LM_OWN)}
+        for name, sums in new.items():
+            shared = {k: sums[k] for k in (*SHARED_SUMS, "mu_sq", *LM_SHARED)}
+            per_sae[name] = {k: sums[k] for k in (*ACTIVATION_SUMS, *LM_OWN)}
+        names = list(per_sae)
+        arrays = {k: np.stack([per_sae[n][k] for n in names]) for k in (*ACTIVATION_SUMS, *LM_OWN)}
+        atomic_write_bytes(
+            self.heldout_path, lambda f: np.savez(f, names=np.array(names), **shared, **arrays)
+        )
+
+    def _write_curves(self, rows: dict[str, dict], passes) -> None:
+        """curves.csv: the curve points of every SAE in the results, from its pass."""
+        lines = ["name,step,tokens," + ",".join(CURVE_METRICS)]
+        for pass_id, points in passes:
+            curves = _read_curves(self.out / "passes" / pass_id / "curves.jsonl")
+            for point in points:
+                for r in curves.get(point.sae.name, []) if point.sae.name in rows else []:
+                    values = [r["step"], r["tokens"], *(r[k] for k in CURVE_METRICS)]
+                    lines.append(",".join([point.sae.name, *(repr(v) for v in values)]))
+        atomic_write_text(self.curves_path, "\n".join(lines) + "\n")
+
     def _record(self, d_in: int, source: ActivationSource) -> dict:
         resolved = {k: getattr(source, k) for k in ("model", "site", "dataset", "context_size")}
         return {
@@ -310,5 +442,21 @@ class Sweep:
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             },
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "device": self.config.device,
+            },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def _read_curves(path: Path) -> dict[str, list[dict]]:
+    """A pass's curve points (curves.jsonl) by SAE name, in order of step."""
+    curves: dict[str, list[dict]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            curves.setdefault(row["sae"], []).append(row)
+    return curves

@@ -10,7 +10,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
 from pathlib import Path
@@ -27,6 +27,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import lr_factor, sparsity_factor
 from .slot import PRECISIONS, STEPS, TrainingSlot
 
+# Measures SAEs (by name, input scale folded in) for training curves: metrics by name.
+Evaluation = Callable[[dict[str, SAE]], dict[str, dict[str, float]]]
 SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
 
 
@@ -98,6 +100,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=500, metadata={
         "help": "steps between checkpoints; 0 = only at the end"})
     log_every: int = field(default=10, metadata={"help": "steps between logged metrics"})
+    eval_every: int = field(default=0, metadata={
+        "help": "steps between evaluations for training curves, when fit() is given an "
+                "evaluation; 0 = only at the end"})
     wandb_project: str | None = field(default=None, metadata={"help": "wandb project to log to"})
 
     def __post_init__(self):
@@ -116,8 +121,9 @@ class TrainConfig:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.lr_decay_fraction <= 1 or not 0 <= self.sparsity_warmup_fraction <= 1:
             raise ConfigError("lr_decay_fraction and sparsity_warmup_fraction must be in [0, 1]")
         if self.dead_tokens is None:
@@ -187,12 +193,20 @@ class Trainer:
         self.metadata = metadata or {}
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.log_path = self.out / "metrics.jsonl"
+        self.curves_path = self.out / "curves.jsonl"
 
     def sae_dir(self, name: str) -> Path:
         return self.out / name
 
-    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, SAE]:
-        """Train to the token budget; write each SAE (input scale folded in) to `out/<name>`."""
+    def fit(
+        self, batches: Iterable[torch.Tensor], evaluate: Evaluation | None = None
+    ) -> dict[str, SAE]:
+        """Train to the token budget; write each SAE (input scale folded in) to `out/<name>`.
+
+        With `evaluate`, every `eval_every` steps and at the end the SAEs (copies, input scale
+        folded in) are measured by it, and its metrics appended to `out/curves.jsonl`: one
+        line per SAE with `step`, `tokens`, `sae` and the metrics.
+        """
         cfg = self.config
         run_file = self.out / "run.json"
         if run_file.is_file():
@@ -224,7 +238,8 @@ class Trainer:
             for slot, state in zip(slots, resume["slots"], strict=True):
                 slot.load_state(state)
             generator.set_state(resume["generator"])
-            self._truncate_log(start)
+            for path in (self.log_path, self.curves_path):
+                _truncate_lines(path, start)
         else:
             # One batch is too small a sample: a single outlier token (residual streams have
             # some with 40× the median norm) shifts the scale by tens of percent, and with it
@@ -240,6 +255,7 @@ class Trainer:
                 slot.sae.init_from_data(sample)
             self.out.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)
+            self.curves_path.unlink(missing_ok=True)
         atomic_write_text(run_file, json.dumps(self._run_record(d_in, scale, False), indent=2))
 
         logger = _Logger(self.log_path, cfg.wandb_project, asdict(cfg))
@@ -294,8 +310,16 @@ class Trainer:
                     )
                 bar.update(1)
                 done = step + 1
+                if evaluate is not None and (
+                    done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)
+                ):
+                    self._evaluate(evaluate, done, scale, slots)
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                     self._save_checkpoint(done, scale, slots, generator)
+        dead = {
+            s.cfg.name: float((s.tokens_since_fired >= cfg.dead_tokens).float().mean())
+            for s in slots
+        }
         timing = {
             "steps": cfg.steps - start,
             "wall_seconds": time.perf_counter() - loop_started,
@@ -312,7 +336,7 @@ class Trainer:
                 metadata={**self.metadata, "training": asdict(slot.cfg)},
             )
             result[slot.cfg.name] = sae
-        record = {**self._run_record(d_in, scale, True), "timing": timing}
+        record = {**self._run_record(d_in, scale, True), "timing": timing, "dead_fraction": dead}
         atomic_write_text(run_file, json.dumps(record, indent=2))
         self.checkpoint_path.unlink(missing_ok=True)
         return result
@@ -345,16 +369,19 @@ class Trainer:
             },
         )
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from."""
-        if not self.log_path.is_file():
-            return
-        keep = [
-            line
-            for line in self.log_path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= step
+    def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots) -> None:
+        saes = {}
+        for slot in slots:
+            sae = copy.deepcopy(slot.sae)
+            sae.fold_input_scale_(scale)
+            saes[slot.cfg.name] = sae
+        metrics = evaluate(saes)
+        tokens = step * self.config.batch_size
+        lines = [
+            json.dumps({"step": step, "tokens": tokens, "sae": name, **metrics[name]}) + "\n"
+            for name in saes
         ]
-        atomic_write_text(self.log_path, "".join(line + "\n" for line in keep))
+        append_whole(self.curves_path, "".join(lines))
 
     def _run_record(self, d_in: int, scale: float, finished: bool) -> dict:
         return {
@@ -370,6 +397,16 @@ class Trainer:
             },
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def _truncate_lines(path: Path, step: int) -> None:
+    """Drop the JSON lines of `path` written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+    ]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class _Logger:
