@@ -83,6 +83,12 @@ def test_grid_expansion_merges_roles_and_names_every_sae(sweep_inputs):
     passes = plan_passes(points, 2)
     assert all(len(group) <= 2 for _, group in passes)
     assert all(len({p.seed for p in group}) == 1 for _, group in passes)
+    # tokens in proportion to width above the floor; a pass shares one budget
+    wide = tiny_sweep(*sweep_inputs) | {"tokens_per_latent": 30}
+    wide["grid"] = [{"arch": "relu", "d_sae": [64, 128], "lr": 1e-2, "sparsity_coef": 0.5}]
+    points = expand_grid(SweepConfig.from_dict(wide))
+    assert [p.tokens for p in points] == [2560, 3840]
+    assert [len(group) for _, group in plan_passes(points, 4)] == [1, 1]
 
 
 @pytest.mark.parametrize(
@@ -93,12 +99,15 @@ def test_grid_expansion_merges_roles_and_names_every_sae(sweep_inputs):
         ({"grid": [{"arch": "relu", "d_sae": 8, "role": "misc"}]}, "unknown role 'misc'"),
         ({"grid": []}, "non-empty list 'grid'"),
         ({"epochs": 3}, "unknown sweep setting 'epochs'"),
+        ({"curve_points": 0}, "curve_points must be a positive integer"),
+        ({"tokens_per_latent": -1}, "tokens_per_latent must be a positive integer"),
     ],
 )
-def test_bad_sweep_configs_name_the_problem(sweep_inputs, change, message):
+def test_bad_sweep_configs_name_the_problem(sweep_inputs, tmp_path, change, message):
     raw = {**tiny_sweep(*sweep_inputs), **change}
     with pytest.raises(ConfigError, match=message):
-        expand_grid(SweepConfig.from_dict(raw))
+        Sweep(SweepConfig.from_dict(raw), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("preset", ["questions", "paper"])
@@ -277,3 +286,13 @@ def test_interrupted_sweep_resumes_to_the_same_table(sweep_inputs, tmp_path, sin
         assert (out / name).read_bytes() == (whole.parent / name).read_bytes(), name
     for name, mtime in finished_before.items():  # finished passes were not trained again
         assert (out / "passes" / name / "run.json").stat().st_mtime_ns == mtime
+
+
+def test_skip_positions_beyond_the_cache_windows_is_an_error_before_any_folder(
+    other_cache, tmp_path
+):
+    cache, _ = other_cache
+    config = SweepConfig.from_dict(_over_cache(cache, skip_positions=CACHE_CTX - 1))
+    with pytest.raises(ConfigError, match=f"accepted: an integer from 0 to {CACHE_CTX - 2}"):
+        Sweep(config, tmp_path / "out").run()
+    assert not (tmp_path / "out").exists()

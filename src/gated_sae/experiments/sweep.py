@@ -34,7 +34,7 @@ import yaml
 from .. import __version__
 from ..data.batches import cache_batches
 from ..data.cache import build_cache, load_cache
-from ..data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
+from ..data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET, check_skip_positions
 from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE
 from ..data.source import ActivationSource
 from ..errors import ConfigError, DataError, check_positive_int
@@ -265,6 +265,7 @@ class Sweep:
         source = ActivationSource.of_cache(cache.manifest)
         source.check_agrees(f"cache {cache.path}", model=cfg.model, site=cfg.site,
                             dataset=cfg.dataset, context_size=cfg.context_size)
+        check_skip_positions(cfg.skip_positions, source.context_size)
         self.out.mkdir(parents=True, exist_ok=True)
         record = self._record(cache.d_in, source)
         atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
@@ -283,7 +284,8 @@ class Sweep:
                 **{"eval_every": max(1, points[0].tokens // cfg.batch_size // cfg.curve_points),
                    **cfg.train},
             )
-            trainer = Trainer(train, self.out / "passes" / pass_id, source.sae_metadata())
+            metadata = source.sae_metadata(skip_positions=cfg.skip_positions)
+            trainer = Trainer(train, self.out / "passes" / pass_id, metadata)
             pass_started = time.perf_counter()
             batches = cache_batches(cache, cfg.batch_size, points[0].seed,
                                     skip_positions=cfg.skip_positions)
