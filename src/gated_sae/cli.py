@@ -220,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_device(device: str) -> None:
-    from .data.lm import _device
+    from .data.lm import resolve_device
 
-    _device(device)
+    resolve_device(device)
 
 
 def _check_model_flags_unused(args: argparse.Namespace) -> None:

@@ -233,7 +233,7 @@ def load_model(
     Face id. Only the last may reach the network. `dtype` defaults to float32 on CPU and
     bfloat16 on CUDA.
     """
-    device = _device(device)
+    device = resolve_device(device)
     dtype = _dtype(dtype, device)
     folder, kwargs = _locate(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # slow import, done lazily
@@ -311,7 +311,8 @@ def _locate(name: str) -> tuple[str, dict]:
     return name, {}
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names; ConfigError if it is unknown or CUDA is missing."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
