@@ -17,7 +17,12 @@ from gated_sae.errors import ConfigError, DataError
 from gated_sae.evaluate.heldout import metrics_from_totals
 from gated_sae.evaluate.lm_metrics import lm_metrics
 from gated_sae.evaluate.metrics import activation_metrics
-from gated_sae.evaluate.pipeline import evaluate_saes, evaluate_stored, heldout_windows
+from gated_sae.evaluate.pipeline import (
+    evaluate_saes,
+    evaluate_stored,
+    heldout_windows,
+    site_activations,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -110,6 +115,12 @@ def test_window_sums_give_the_metrics_on_any_multiset_of_windows(setup):
             assert lm_sums[key] == pytest.approx(alone[key], rel=1e-6), key
     with pytest.raises(ConfigError, match="lm_windows must be a positive integer"):
         evaluate_saes(lm, saes, SITE, windows, lm_windows=0)
+    # activations kept by the caller give the same numbers; others are refused
+    acts = site_activations(lm, SITE, windows, skip_positions=2)
+    kept = evaluate_saes(lm, saes, SITE, windows, skip_positions=2, acts=acts)
+    assert kept == evaluate_saes(lm, saes, SITE, windows, skip_positions=2)
+    with pytest.raises(ConfigError, match="not the site's activations"):
+        evaluate_saes(lm, saes, SITE, windows, acts=acts)
 
 
 def test_stored_activations_of_a_file_and_of_a_cache(setup, tmp_path):

@@ -17,7 +17,7 @@ from ..data.cache import ActivationCache, load_cache
 from ..data.corpus import check_context_size, token_windows
 from ..data.lm import LanguageModel
 from ..data.source import ActivationSource
-from ..errors import DataError, check_positive_int
+from ..errors import ConfigError, DataError, check_positive_int
 from ..saes.base import SAE
 from .heldout import metrics_from_totals, sae_window_sums, shared_window_sums
 from .lm_metrics import LM_BATCH_SIZE, lm_metrics
@@ -40,10 +40,23 @@ def heldout_windows(
     )
 
 
+def site_activations(
+    lm: LanguageModel, site: str, windows: torch.Tensor, skip_positions: int = 1,
+    batch_size: int = LM_BATCH_SIZE,
+) -> torch.Tensor:
+    """float32 activations [n, T − skip_positions, d] of `site` on `windows` [n, T], past
+    the first `skip_positions` positions of each."""
+    return torch.cat([
+        lm.activations(windows[start:start + batch_size], site)[:, skip_positions:].float()
+        for start in range(0, len(windows), batch_size)
+    ])
+
+
 def evaluate_saes(
     lm: LanguageModel, saes: Mapping[str, SAE], site: str, windows: torch.Tensor, *,
     lm_windows: int | None = None, skip_positions: int = 1, lm_batch_size: int = LM_BATCH_SIZE,
     sae_batch_size: int = SAE_BATCH_SIZE, per_window: bool = False,
+    acts: torch.Tensor | None = None,
 ) -> dict[str, dict]:
     """Each SAE's metrics on `windows` [n, T] (BOS at position 0), by name.
 
@@ -53,16 +66,18 @@ def evaluate_saes(
     (heldout.py); the LM metrics (`lm_metrics`) on the `lm_n_tokens` predictions made from
     those positions in the first `lm_windows` windows (default: all). With `per_window`, each
     result also holds `windows`: the per-window sums of heldout.py and `lm_metrics`, from
-    which every metric is recomputed.
+    which every metric is recomputed. `acts`: the windows' `site_activations`, when the
+    caller keeps them to measure many SAEs.
     """
     if lm_windows is not None:
         check_positive_int("lm_windows", lm_windows)
     lm_results = lm_metrics(lm, saes, site, windows[:lm_windows], batch_size=lm_batch_size,
                             skip_positions=skip_positions, per_window=per_window)  # checks first
-    acts = torch.cat([
-        lm.activations(windows[start:start + lm_batch_size], site)[:, skip_positions:].float()
-        for start in range(0, len(windows), lm_batch_size)
-    ])
+    if acts is None:
+        acts = site_activations(lm, site, windows, skip_positions, lm_batch_size)
+    elif acts.shape[:2] != (len(windows), windows.shape[1] - skip_positions):
+        raise ConfigError(f"acts of shape {list(acts.shape)} are not the site's activations "
+                          f"of windows {list(windows.shape)} at positions {skip_positions}..")
     shared, mu = shared_window_sums(acts)
     n_tokens = acts.shape[0] * acts.shape[1]
     results = {}

@@ -39,7 +39,7 @@ from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE
 from ..data.source import ActivationSource
 from ..errors import ConfigError, DataError, check_positive_int
 from ..evaluate.heldout import ACTIVATION_SUMS, SHARED_SUMS
-from ..evaluate.pipeline import evaluate_saes, heldout_windows
+from ..evaluate.pipeline import evaluate_saes, heldout_windows, site_activations
 from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
@@ -253,7 +253,7 @@ class Sweep:
         self.heldout_path = self.out / "heldout.npz"
         self._lm = None
         self._model_dtype = None  # the cache's: its activations came from the model in it
-        self._windows = None
+        self._heldout_set = None
 
     def run(self) -> Path:
         cfg = self.config
@@ -343,27 +343,31 @@ class Sweep:
 
     # --- evaluation and results ---------------------------------------------------------
 
-    def _heldout(self, source: ActivationSource) -> torch.Tensor:
-        """The held-out windows of the cache's corpus, read by the cache's model."""
-        lm = self._model(source.model, self._model_dtype)
-        if self._windows is None:
-            self._windows = heldout_windows(lm, source, n_windows=self.config.eval_windows)
-        return self._windows
+    def _heldout(self, source: ActivationSource) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out windows of the cache's corpus and their activations at the site,
+        read once by the cache's model."""
+        if self._heldout_set is None:
+            lm = self._model(source.model, self._model_dtype)
+            windows = heldout_windows(lm, source, n_windows=self.config.eval_windows)
+            acts = site_activations(lm, source.site, windows, self.config.skip_positions)
+            self._heldout_set = windows, acts
+        return self._heldout_set
 
     def _evaluate(self, saes: dict, source: ActivationSource) -> dict[str, dict]:
         """The SAEs' metrics on the same held-out windows, with their per-window sums."""
-        windows = self._heldout(source)
-        return evaluate_saes(self._lm, saes, source.site, windows,
+        windows, acts = self._heldout(source)
+        return evaluate_saes(self._lm, saes, source.site, windows, acts=acts,
                              lm_windows=self.config.lm_eval_windows,
                              skip_positions=self.config.skip_positions, per_window=True)
 
     def _curve_evaluation(self, source: ActivationSource):
         """What the trainer measures for the training curves: L0, FVU and loss recovered on
         the first `curve_windows` held-out windows."""
-        windows = self._heldout(source)[: self.config.curve_windows]
+        windows, acts = self._heldout(source)
+        windows, acts = windows[: self.config.curve_windows], acts[: self.config.curve_windows]
 
         def evaluate(saes: dict) -> dict[str, dict]:
-            metrics = evaluate_saes(self._lm, saes, source.site, windows,
+            metrics = evaluate_saes(self._lm, saes, source.site, windows, acts=acts,
                                     skip_positions=self.config.skip_positions)
             return {name: {k: m[k] for k in CURVE_METRICS} for name, m in metrics.items()}
 
