@@ -42,7 +42,7 @@ from ..evaluate.heldout import ACTIVATION_SUMS, SHARED_SUMS
 from ..evaluate.pipeline import evaluate_saes, heldout_windows, site_activations
 from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
-from ..train.trainer import SAEConfig, TrainConfig, Trainer
+from ..train.trainer import SAEConfig, TrainConfig, Trainer, default_lr
 from .pareto import METRICS
 from .results import results_text
 
@@ -190,12 +190,14 @@ def expand_grid(config: SweepConfig) -> list[SweepPoint]:
             options = dict(entry.get("options", {}))
             if k is not None:
                 options["k"] = k
+            tokens = max(config.tokens, (config.tokens_per_latent or 0) * d_sae)
+            if lr is None:
+                lr = default_lr(arch, d_sae, tokens // config.batch_size)
             sae = SAEConfig(arch, d_sae, lr=lr, sparsity_coef=coef, options=options)
             sae.name = point_name(sae, seed)
             if sae.name in points:
                 points[sae.name].roles |= roles
             else:
-                tokens = max(config.tokens, (config.tokens_per_latent or 0) * d_sae)
                 points[sae.name] = SweepPoint(sae, seed, tokens, set(roles))
     return list(points.values())
 

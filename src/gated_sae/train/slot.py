@@ -51,8 +51,11 @@ class TrainingSlot:
         self.matmul_dtype = PRECISIONS[precision]
         torch.manual_seed(init_seed(seed, cfg, d_in))
         self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
+        # A run sets lr from its steps when it is not given (trainer.default_lr); a slot used
+        # alone (benchmarks, tests) knows no steps and takes the architecture's published lr.
+        self.lr = cfg.lr if cfg.lr is not None else self.sae.default_lr(cfg.d_sae)
         self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=self.sae.adam_betas, eps=1e-8, fused=True
+            self.sae.parameters(), lr=self.lr, betas=self.sae.adam_betas, eps=1e-8, fused=True
         )
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         # Fraction of (token, latent) pairs the last step's sparse form touched: 1 before any.
@@ -95,7 +98,7 @@ class TrainingSlot:
         the dense latents."""
         sae, opt = self.sae, self.optimizer
         for group in opt.param_groups:
-            group["lr"] = self.cfg.lr * lr_scale
+            group["lr"] = self.lr * lr_scale
         dead_mask = self.tokens_since_fired >= dead_tokens
         coef = self.cfg.sparsity_coef * coef_scale
         opt.zero_grad(set_to_none=True)

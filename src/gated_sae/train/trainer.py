@@ -10,6 +10,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
@@ -29,7 +30,11 @@ from .slot import PRECISIONS, STEPS, TrainingSlot
 
 # Measures SAEs (by name, input scale folded in) for training curves: metrics by name.
 Evaluation = Callable[[dict[str, SAE]], dict[str, dict[str, float]]]
-SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
+SCALE_SAMPLE_TOKENS = 1 << 16
+# Adam moves a weight by about lr per step, so a run of S steps moves it by at most about
+# lr·S; SAEs that train in S steps need lr·S of about this (docs/training.md).
+SHORT_RUN_LR_STEPS = 2.0
+MAX_DEFAULT_LR = 5e-3  # higher rates left SmolLM2 SAEs with dead latents and rising FVU  # activations read to estimate the input scale and b_dec
 
 
 @dataclass
@@ -39,8 +44,8 @@ class SAEConfig:
     arch: str = field(metadata={"help": ", ".join(ARCHITECTURES)})
     d_sae: int = field(metadata={"help": "number of latents"})
     lr: float | None = field(default=None, metadata={
-        "help": "learning rate (default: the architecture's; 3e-4, topk and batchtopk "
-                "2e-4/√(d_sae/2^14))"})
+        "help": "learning rate (default: the architecture's published one, 3e-4 or for topk "
+                "and batchtopk 2e-4/√(d_sae/2^14), raised to 2/steps for shorter runs)"})
     sparsity_coef: float | None = field(default=None, metadata={
         "help": "λ of the sparsity penalty; topk and batchtopk take options.k instead "
                 "(default: " + ", ".join(f"{name} {cls.default_sparsity_coef:g}"
@@ -60,11 +65,10 @@ class SAEConfig:
                 f"unknown option {unknown[0]!r} for {self.arch}; accepted: {', '.join(accepted)}"
             )
         check_positive_int("d_sae", self.d_sae)
-        if self.lr is None:
-            self.lr = architecture.default_lr(self.d_sae)
         if self.sparsity_coef is None:
             self.sparsity_coef = architecture.default_sparsity_coef
-        _positive("lr", self.lr)
+        if self.lr is not None:  # None: set by the run, from its number of steps
+            _positive("lr", self.lr)
         if self.sparsity_coef < 0 or not math.isfinite(self.sparsity_coef):
             raise ConfigError(
                 f"sparsity_coef must be a finite number >= 0, got {self.sparsity_coef}"
@@ -129,6 +133,16 @@ class TrainConfig:
         if self.dead_tokens is None:
             self.dead_tokens = min(10_000_000, max(self.tokens // 10, self.batch_size))
         check_positive_int("dead_tokens", self.dead_tokens)
+        for s in self.saes:
+            if s.lr is None:
+                s.lr = default_lr(s.arch, s.d_sae, self.steps)
+        slow = [s.name or s.arch for s in self.saes if s.lr * self.steps < SHORT_RUN_LR_STEPS / 2]
+        if slow:
+            warnings.warn(
+                f"{', '.join(slow)}: lr too low to train in {self.steps} steps; runs this "
+                f"short need lr × steps ≥ {SHORT_RUN_LR_STEPS:g}, lr ≥ "
+                f"{SHORT_RUN_LR_STEPS / self.steps:.1e} (docs/training.md)", stacklevel=2
+            )
         unnamed = [s for s in self.saes if s.name is None]
         for s in unnamed:
             same_arch = [c for c in unnamed if c.arch == s.arch]
@@ -166,6 +180,14 @@ class TrainConfig:
             return cls(**{**raw, "saes": [SAEConfig(**s) for s in saes]})
         except TypeError as e:
             raise ConfigError(f"incomplete config: {e}") from None
+
+
+def default_lr(arch: str, d_sae: int, steps: int) -> float:
+    """The architecture's published learning rate, meant for runs of 100k+ steps, raised to
+    SHORT_RUN_LR_STEPS / steps for shorter ones, but not above MAX_DEFAULT_LR
+    (docs/training.md has the evidence)."""
+    published = sae_class(arch).default_lr(d_sae)
+    return max(published, min(SHORT_RUN_LR_STEPS / steps, MAX_DEFAULT_LR))
 
 
 def _positive(name: str, value) -> None:
