@@ -35,8 +35,7 @@ from ..evaluate.pipeline import evaluate_saes, heldout_windows
 from ..files import atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
-from .pareto import METRICS
-from .results import results_text
+from .results import METRICS, results_text
 
 PRESETS = ("questions", "paper")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
