@@ -40,10 +40,12 @@ def _sorted(l0s: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def interpolate(l0s: np.ndarray, values: np.ndarray, at: float) -> np.ndarray:
     """The frontier's value at L0 = `at` in every row, linear in log L0 between the two
     neighbouring points: y = y_i + (y_{i+1} − y_i)·(ln at − ln L0_i)/(ln L0_{i+1} − ln L0_i).
-    NaN where `at` is outside the row's L0 range or its neighbours are over MAX_GAP apart."""
+    NaN where `at` is outside the row's L0 range or its neighbours are over MAX_GAP apart;
+    at one of the row's own points, that point's value."""
     x, y = _sorted(l0s, values)
     t = math.log(at)
-    out = np.where(x[:, 0] == t, y[:, 0], np.nan)
+    exact = x == t
+    out = np.where(exact.any(1), y[np.arange(len(y)), exact.argmax(1)], np.nan)
     for i in range(x.shape[1] - 1):
         x0, x1, y0, y1 = x[:, i], x[:, i + 1], y[:, i], y[:, i + 1]
         usable = (x0 <= t) & (t <= x1) & (x1 - x0 <= math.log(MAX_GAP)) & np.isnan(out)

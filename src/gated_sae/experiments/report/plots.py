@@ -139,7 +139,8 @@ def plot_lr_sensitivity(res: SweepResults) -> bytes | None:
                     color="black", ms=14, mfc="none", label="chosen lr")
             _log_l0_axis(ax, LABELS[metric])
             ax.set_title(f"{variant}, d_sae = {width}")
-        axes[0][col].legend(fontsize=8)
+            if row == 0 or not axes[0][col].lines:
+                ax.legend(fontsize=8)
     fig.suptitle("Learning-rate sensitivity against L0 (mean over seeds, 95% intervals)")
     return _png(fig)
 
