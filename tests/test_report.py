@@ -352,7 +352,8 @@ def test_report_writes_the_findings_into_each_question(report):
     assert "The paper's shrinkage finding (relu's γ below 1, gated's not) reproduces" in q2
     q3 = _section(md, "Q3.")
     assert "gated's b = 0.50 [" in q3 and "resting on 4 widths (256, 512, 1024 and 2048)" in q3
-    assert "no family's fidelity falls with width beyond its interval (7 adjacent pairs" in q3
+    assert "no family's fidelity falls with width beyond its interval (7 of 7 adjacent pairs" \
+        in q3
     q4 = _section(md, "Q4.")
     assert "On loss recovered, topk is better than gated at L0 10, 20, 40 and 80" in q4
     assert "topk ran 1 seed: its intervals cover the held-out windows, not its seeds" in q4
@@ -384,6 +385,10 @@ def test_the_committed_report_rebuilds_from_its_results(tmp_path):
             shutil.copy(committed / name, folder / name)
     md = write_report(folder)[0].read_text()
     assert md.replace(str(folder), "/work/runs/q8") == (committed / "report.md").read_text()
+    # its width families have two levels each, far apart: no L0 to fit or compare at
+    q3 = analyse(sweep_results(folder)).q3
+    assert q3.fit_l0s == {"relu": [], "gated": []} and q3.fits == []
+    assert not any(s.differences for s in q3.steps)
 
 
 # --- files and the page ---------------------------------------------------------------------

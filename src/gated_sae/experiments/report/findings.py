@@ -60,10 +60,8 @@ class Difference:
     def verdict(self) -> str:
         if not self.basis.has_interval or not math.isfinite(self.delta.low):
             return NO_INTERVAL
-        if self.delta.low > self.null:
-            return HIGHER
-        if self.delta.high < self.null:
-            return LOWER
+        if self.delta.excludes(self.null):
+            return HIGHER if self.delta.low > self.null else LOWER
         return NO_DIFFERENCE
 
     @property

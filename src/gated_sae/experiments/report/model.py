@@ -103,11 +103,6 @@ class Family:
         return (np.stack([c.draws["l0"] for c in self.points], 1),
                 np.stack([c.draws[metric] for c in self.points], 1))
 
-    def measured(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(L0s, `metric`) as measured, [levels] each."""
-        x, y = self.arrays(metric)
-        return x[0], y[0]
-
     @property
     def seeds(self) -> int:
         return min(c.seeds for c in self.points)

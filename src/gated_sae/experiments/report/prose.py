@@ -191,9 +191,11 @@ def edge_sentences(res: SweepResults, variants: list[str], width: int) -> list[s
 
 def shrinkage_sentence(s: Shrinkage) -> str:
     def count(tests):
+        values = [d.alt.value for d in tests]
+        if all(d.verdict == "no interval" for d in tests):
+            return f"{min(values):.3f}–{max(values):.3f} (no interval)"
         below = sum(d.verdict == "lower" for d in tests)
         above = sum(d.verdict == "higher" for d in tests)
-        values = [d.alt.value for d in tests]
         return (f"{min(values):.3f}–{max(values):.3f}, below 1 at {below} and above 1 at "
                 f"{above} of {len(tests)} levels")
 
@@ -231,24 +233,34 @@ def fit_sentence(fit: WidthFit) -> str:
 
 
 def answer_q3(q3: Q3) -> str:
-    if not q3.fits:
+    if not q3.fit_l0s:
         return f"**Answer:** relu or gated at two or more widths were {fmt.NOT_MEASURED}."
+    if not q3.fits:
+        return (
+            "**Answer:** not settled: no L0 can be read on every width's frontier (their L0 "
+            f"ranges do not overlap, or their levels are more than {MAX_GAP}× apart), so "
+            "no width law is fitted" + (f"; {_width_check(q3)}." if q3.steps else ".")
+        )
     exponents = [
         f"{f.variant}'s b = {fmt.interval(f.exponent, 2)} at L0 {fmt.l0(f.l0)}"
         for f in q3.fits if f.law is not None
     ]
-    falls = [s for s in q3.steps if s.falls]
-    check = (
-        "at matched L0 no family's fidelity falls with width beyond its interval "
-        f"({len(q3.steps)} adjacent pairs of widths)"
-        if not falls else
-        "fidelity falls with width beyond its interval for "
-        + fmt.series([f"{s.variant} {s.narrow} → {s.wide}" for s in falls])
-        + ": those wider SAEs are undertrained (give them more tokens per latent)"
-    )
     law = ("FVU falls with the number of latents n as a·n^(−b) + c with "
            + fmt.series(exponents) + "; " if exponents else "")
-    return f"**Answer:** {law}{check}."
+    return f"**Answer:** {law}{_width_check(q3)}."
+
+
+def _width_check(q3: Q3) -> str:
+    falls = [s for s in q3.steps if s.falls]
+    compared = [s for s in q3.steps if s.differences]
+    if not compared:
+        return "no adjacent pair of widths can be compared at matched L0 either"
+    if not falls:
+        return ("at matched L0 no family's fidelity falls with width beyond its interval "
+                f"({len(compared)} of {len(q3.steps)} adjacent pairs of widths compared)")
+    return ("fidelity falls with width beyond its interval for "
+            + fmt.series([f"{s.variant} {s.narrow} → {s.wide}" for s in falls])
+            + ": those wider SAEs are undertrained (give them more tokens per latent)")
 
 
 # --- Q4, training, what is open -------------------------------------------------------------

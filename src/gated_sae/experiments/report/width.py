@@ -106,7 +106,8 @@ def analyse_q3(res: SweepResults, comparer: Comparer) -> Q3:
         q3.fit_l0s[variant] = l0s
         q3.fits += [_fit(res, variant, l0) for l0 in l0s]
         for narrow, wide in zip(families, families[1:], strict=False):
-            diffs = comparer.at_l0s(narrow, wide, l0s, metrics=("loss_recovered", "fvu"))
+            # at the fit's L0s; where no L0 suits every width, at the pair's own matched L0s
+            diffs = comparer.at_l0s(narrow, wide, l0s or None, ("loss_recovered", "fvu"))
             q3.steps.append(WidthStep(variant, narrow.width, wide.width, diffs))
     relu_widths = res.widths(BASELINE)
     for width in res.widths(GATED):
