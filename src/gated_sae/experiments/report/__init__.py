@@ -60,7 +60,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
         *sections_run.intro(res, f),
         *sections.section_q1(f.q1, res),
         *sections.section_q2(f.q2, res, images),
-        *sections.section_q3(f.q3, images),
+        *sections.section_q3(f.q3, res, images),
         *sections.section_rivals(f.rivals, res),
         *sections_run.section_training(res, f.convergence, images),
         *(sections_run.results_table(res) if res.families else []),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import METRIC_NAMES, Config, finite
+from .model import METRIC_NAMES, Config, Family, finite
 from .stats import Interval
 
 NOT_MEASURED = "not measured in this sweep"
@@ -79,3 +79,8 @@ def where(at_metric: str, at: float) -> str:
 def flagged(c: Config, text: str) -> str:
     """`text` with the unconverged mark when the configuration fails the criterion."""
     return text + UNCONVERGED_MARK if c.converged is False else text
+
+
+def family(f: Family, name: str | None = None) -> str:
+    """The family's name (`name` when given), marked when a point fails the criterion."""
+    return (name or f.variant) + (UNCONVERGED_MARK if f.unconverged else "")

@@ -104,11 +104,11 @@ def plot_frontiers(res: SweepResults, l0s: list[float]) -> bytes | None:
         _log_l0_axis(ax, LABELS[metric])
     handles = dict(zip(*reversed(fig.axes[0].get_legend_handles_labels()), strict=True))
     fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=9)
-    where = ", ".join(fmt.l0(x) for x in l0s)
+    where = f"dotted: L0 {', '.join(fmt.l0(x) for x in l0s)}, where relu and gated are " \
+        "compared; " if l0s else ""
     fig.suptitle(
         f"Frontiers at d_sae = {res.main_width}: each level at its chosen lr, mean over seeds, "
-        f"95% bootstrap intervals\n(dotted: L0 {where}, where relu and gated are compared; "
-        "hollow: fails the convergence criterion)"
+        f"95% bootstrap intervals\n({where}hollow: fails the convergence criterion)"
     )
     return _png(fig)
 

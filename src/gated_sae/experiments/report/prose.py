@@ -59,7 +59,8 @@ def _basis(res: SweepResults) -> str:
         )
     return (
         "One bootstrap replicate draws the held-out windows with replacement, the same windows "
-        "for every SAE (so comparisons are paired), and each configuration's seeds with "
+        "for every SAE (so comparisons are paired; the LM metrics' windows, the first of them, "
+        "are drawn as a sample of their own), and each configuration's seeds with "
         "replacement; a metric is then recomputed from the per-window sums and averaged over "
         "the drawn seeds. The choice of learning rate per level is made once, on the data."
     )
@@ -85,7 +86,7 @@ def _span(ds: list[Difference], ratio: bool = False) -> str:
 def _values(ds: list[Difference]) -> str:
     """'20, 40 and 80': where the differences were taken (L0s, or fidelities)."""
     write = fmt.l0 if ds[0].at_metric == "l0" else fmt.num
-    return fmt.series([write(d.at) for d in ds])
+    return fmt.series(list(dict.fromkeys(write(d.at) for d in sorted(ds, key=lambda d: d.at))))
 
 
 def _places(ds: list[Difference]) -> str:
@@ -293,13 +294,10 @@ def unsettled_items(findings: Findings, metric: str) -> list[str]:
     for fit in u.thin_fits:
         items.append(f"The width law of {fit.variant} rests on {len(fit.widths)} widths for "
                      "3 parameters: it cannot show that the form fits.")
-    for step in u.falling:
-        items.append(f"{step.variant} gets worse from d_sae {step.narrow} to {step.wide} at "
-                     "matched L0: the wider SAE needs more tokens.")
-    if u.unconverged:
-        items.append(f"{fmt.plural(u.unconverged, 'frontier point')} with a run failing the "
-                     "convergence criterion: its fidelity was still moving.")
-    if u.edges:
-        items.append(f"{fmt.plural(len(u.edges), 'frontier point')} at the smallest or "
-                     "largest lr swept: a wider lr range could move it.")
-    return items
+    items += [f"{step.variant} gets worse from d_sae {step.narrow} to {step.wide} at matched "
+              "L0: the wider SAE needs more tokens." for step in u.falling]
+    points = ((u.unconverged, "with a run failing the convergence criterion: its fidelity "
+               "was still moving"),
+              (len(u.edges), "at the smallest or largest lr swept: a wider lr range could "
+               "move it"))
+    return items + [f"{fmt.plural(n, 'frontier point')} {why}." for n, why in points if n]

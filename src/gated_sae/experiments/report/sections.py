@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import formatting as fmt
 from . import prose
 from .findings import Q1, Q2, Difference, Rival
-from .model import BASE_ARCHS, GATED, SweepResults
+from .model import BASE_ARCHS, BASELINE, GATED, SweepResults
 from .render import Block
 from .width import Q3
 
@@ -23,12 +23,13 @@ def figure(images: Images, name: str, heading: str, caption: str) -> list[Block]
 def _verdict(d: Difference, alt: str, ref: str) -> str:
     if d.alt_better is None:
         return d.verdict
-    return f"{alt if d.alt_better else ref} better"
+    return f"{alt if d.alt_better else ref} better".replace(fmt.UNCONVERGED_MARK, "")
 
 
 def difference_table(rows: list[tuple[str, str, Difference]], ref_head: str,
                      alt_head: str) -> list[Block]:
-    """One row per difference: (alt name, ref name, difference); nothing without rows."""
+    """One row per difference: (alt name, ref name, difference); nothing without rows.
+    Names carry the unconverged mark of their family (`fmt.family`)."""
     body = []
     for alt, ref, d in rows:
         digits = 1 if d.metric == "l0" else 3
@@ -54,7 +55,8 @@ def section_q1(q1: Q1, res: SweepResults) -> list[Block]:
     if not q1.ablations:
         return [*blocks, ("p", f"The gated ablations were {fmt.NOT_MEASURED}.")]
     blocks.append(("p", prose.answer_q1(q1, res.metric)))
-    rows = [(a.variant, GATED, d) for a in q1.ablations for d in a.differences]
+    rows = [(fmt.family(a.ablated), fmt.family(a.gated), d)
+            for a in q1.ablations for d in a.differences]
     others = [prose.ablation_sentence(a, res.metric) for a in q1.ablations]
     return [
         *blocks,
@@ -100,8 +102,9 @@ def section_q2(q2: Q2 | None, res: SweepResults, images: Images) -> list[Block]:
     if q2 is None:
         return [*blocks, ("p", f"Relu and gated at the main width were {fmt.NOT_MEASURED}.")]
     swept = [v for v in BASE_ARCHS if (v, q2.width) in res.families]
-    rows = [("gated", "relu", d) for d in q2.differences]
-    ratio_rows = [("gated", "relu", d) for d in q2.ratios]
+    names = fmt.family(q2.gated), fmt.family(q2.relu)
+    rows = [(*names, d) for d in q2.differences]
+    ratio_rows = [(*names, d) for d in q2.ratios]
     edges = prose.edge_sentences(res, swept, q2.width)
     return [
         *blocks,
@@ -170,7 +173,7 @@ def _widths_sentence(q3: Q3) -> str:
     return text
 
 
-def section_q3(q3: Q3, images: Images) -> list[Block]:
+def section_q3(q3: Q3, res: SweepResults, images: Images) -> list[Block]:
     blocks: list[Block] = [
         ("h2", "Q3. How does fidelity scale with the dictionary, at matched L0?"),
         ("p", prose.answer_q3(q3)),
@@ -184,7 +187,9 @@ def section_q3(q3: Q3, images: Images) -> list[Block]:
          fmt.num(f.law.at([w])[0]) if f.law is not None else "–"]
         for f in q3.fits for w, iv in zip(f.widths, f.fvu, strict=True)
     ]
-    steps = [(str(s.wide), str(s.narrow), d) for s in q3.steps for d in s.differences]
+    steps = [(fmt.family(res.families[(s.variant, s.wide)], f"{s.variant} {s.wide}"),
+              fmt.family(res.families[(s.variant, s.narrow)], f"{s.variant} {s.narrow}"), d)
+             for s in q3.steps for d in s.differences]
     blocks += [
         ("ul", [prose.fit_sentence(f) for f in q3.fits]),
         ("table", ["variant", "L0", "d_sae", "FVU [95% interval]", "fitted"], fit_rows),
@@ -197,13 +202,16 @@ def section_q3(q3: Q3, images: Images) -> list[Block]:
         *difference_table(steps, "narrower", "wider"),
     ]
     if q3.equal_width:
-        rows = [("gated", "relu", d) for _, ds in q3.equal_width for d in ds]
+        rows = [(fmt.family(res.families[(GATED, w)]), fmt.family(res.families[(BASELINE, w)]),
+                 d) for w, ds in q3.equal_width for d in ds]
         blocks += [("h3", "Gated against relu at the other widths (equal width)"),
                    ("p", "d_sae " + ", ".join(str(w) for w, _ in q3.equal_width)
                     + "; the main width is in Q2."),
                    *difference_table(rows, "relu", "gated")]
     if q3.equal_compute:
-        rows = [(f"gated {g}", f"relu {r}", d) for g, r, ds in q3.equal_compute for d in ds]
+        rows = [(fmt.family(res.families[(GATED, g)], f"gated {g}"),
+                 fmt.family(res.families[(BASELINE, r)], f"relu {r}"), d)
+                for g, r, ds in q3.equal_compute for d in ds]
         blocks += [("h3", "Gated against relu 1.5× wider (equal compute)"),
                    *difference_table(rows, "relu", "gated")]
     return blocks
@@ -217,7 +225,8 @@ def section_rivals(rivals: list[Rival], res: SweepResults) -> list[Block]:
     if not rivals:
         return [*blocks, ("p", f"Gated and another architecture at the main width were "
                                f"{fmt.NOT_MEASURED}.")]
-    rows = [(r.variant, GATED, d) for r in rivals for d in r.differences]
+    gated = fmt.family(res.families[(GATED, res.main_width)])
+    rows = [(fmt.family(r.family), gated, d) for r in rivals for d in r.differences]
     return [
         *blocks,
         ("p", f"At d_sae = {res.main_width}, each at its chosen lr per level, against gated "

@@ -6,6 +6,8 @@ Replicate arrays have `REPLICATES + 1` rows: row 0 is the estimate on the data a
 the held-out windows with replacement, the same draw for every SAE (so comparisons between
 SAEs are paired), and for each configuration its seeds with replacement; a configuration's
 metric is then the mean over its drawn seeds of the metric recomputed on the drawn windows.
+The LM metrics are taken on the first of the held-out windows (fewer predictions cost a
+forward pass each); their windows are drawn as a sample of their own.
 """
 
 from __future__ import annotations
