@@ -333,6 +333,13 @@ def test_empty_missing_and_malformed_inputs(tmp_path):
     np.savez(folder / "heldout.npz", **{**sums, "err_sq": sums["err_sq"][:, :-1]})
     with pytest.raises(DataError, match=r"heldout\.npz: err_sq has shape"):
         write_report(folder)
+    np.savez(folder / "heldout.npz", **{k: v for k, v in sums.items() if k != "x_mu"})
+    with pytest.raises(DataError, match=r"heldout\.npz has no array 'x_mu'"):
+        write_report(folder)
+    (folder / "heldout.npz").unlink()
+    (folder / "curves.csv").write_text("name,step,tokens,l0,fvu\nx,0,0,1,1\n")
+    with pytest.raises(DataError, match=r"curves\.csv has no column 'loss_recovered'"):
+        write_report(folder)
 
 
 # --- the report in words --------------------------------------------------------------------
@@ -440,16 +447,9 @@ def test_html_is_self_contained_and_every_image_decodes(report):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # The system Chromium, offline: no sandbox (CI runs as root), no GPU, and none of the
 # background connections a closed network would refuse.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make chromium`)")
