@@ -1,7 +1,6 @@
-"""The sweep report on a synthetic sweep folder with known answers (synthetic_sweep.py):
-each finding checked as numbers and verdicts against the truths the folder was generated
-from, a few of the sentences and tables they are written into, the report on old or partial
-folders, and the HTML page as a headless Chromium renders it."""
+"""The sweep report on a synthetic sweep folder with known answers (synthetic_sweep.py): each
+finding checked as numbers and verdicts against the folder's truths, a few of the sentences
+and tables, old or partial folders, and the HTML page as a headless Chromium renders it."""
 
 from __future__ import annotations
 
@@ -84,7 +83,7 @@ def test_each_configuration_reproduces_results_csv_from_the_window_sums(results)
             assert c.value(metric) == pytest.approx(table, rel=1e-9), (c.variant, metric)
 
 
-def test_dead_runs_leave_the_frontier_and_their_level_takes_the_next_best_lr(results):
+def test_dead_runs_leave_the_frontier_and_lrs_are_chosen_among_healthy_ones(results):
     variant, width, lr, level = DEAD
     assert sorted(r["seed"] for r in results.excluded) == [0, 1, 2]
     assert {(r["variant"], r["d_sae"], r["lr"], r["sparsity_coef"]) for r in results.excluded} \
@@ -94,9 +93,7 @@ def test_dead_runs_leave_the_frontier_and_their_level_takes_the_next_best_lr(res
     # collapsed, it would have won its level; healthy, 3e-4 does
     assert chosen[level].lr == 3e-4 and chosen[level].lrs == [1e-4, 3e-4, 1e-3]
     assert not any(c.lr == lr and c.level == level for c in results.configs_of(variant, width))
-
-
-def test_chosen_learning_rates_and_edges(results):
+    # every other level at the family's best lr; gated's the largest swept, so flagged
     relu, gated = results.families[("relu", MAIN)], results.families[("gated", MAIN)]
     assert {c.lr for c in relu.points} == {3e-4} and not any(c.edge for c in relu.points)
     assert {c.lr for c in gated.points} == {1e-3}
@@ -291,6 +288,14 @@ def test_without_per_window_sums_intervals_come_from_seeds_only(tmp_path):
     md = write_report(folder)[0].read_text()
     assert "Without per-window sums (heldout.npz) only the seeds are resampled" in md
     assert f"Training curves (FVU): {NOT_MEASURED_TEXT}." in md
+    # sums that miss a run (a sweep resumed from an older one) are not used either
+    partial = write_sweep(tmp_path / "partial", synthetic_saes()[:6], RECORD)
+    sums = dict(np.load(partial / "heldout.npz"))
+    np.savez(partial / "heldout.npz", **{k: v[:-1] if np.ndim(v) and len(v) == 6 else v
+                                         for k, v in sums.items()})
+    res = sweep_results(partial)
+    assert res.uncovered == [sums["names"][-1]] and not res.windows
+    assert "heldout.npz has no per-window sums for 1 run" in write_report(partial)[0].read_text()
 
 
 def test_loss_recovered_not_measured_falls_back_to_fvu(tmp_path):
@@ -381,9 +386,8 @@ def test_report_states_its_rules_paper_compute_and_what_is_open(report):
 
 
 def test_the_committed_report_rebuilds_from_its_results(tmp_path):
-    """results/questions-smollm2-cpu/report.md is what `gated-sae report` writes from the
-    results.csv and sweep.json beside it (run in /work/runs/q8; the plots' bytes depend on
-    the matplotlib version, so only the text is compared)."""
+    """results/questions-smollm2-cpu/report.md is what `gated-sae report` writes from the files
+    beside it (run in /work/runs/q8; only the text is compared: plots depend on matplotlib)."""
     committed = Path(__file__).parents[1] / "results" / "questions-smollm2-cpu"
     folder = tmp_path / "q8"
     folder.mkdir()
@@ -420,8 +424,7 @@ class _PageParts(html.parser.HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.tags: list[str] = []
-        self.urls: list[str] = []
+        self.tags, self.urls = [], []
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)

@@ -136,7 +136,8 @@ class SweepResults:
         self.dead_measured = any(finite(r.get("train_dead_fraction")) for r in usable)
         names = set(heldout["names"]) if heldout else set()
         # Resample windows only when the sums cover every healthy run.
-        self.windows = bool(heldout) and all(r["name"] in names for r in healthy)
+        self.uncovered = [r["name"] for r in healthy if heldout and r["name"] not in names]
+        self.windows = bool(heldout) and not self.uncovered
         self.lm_windows = self.windows and len(heldout["lm_predictions"]) > 0
         self.configs = self._configs(healthy, heldout if self.windows else None)
         self.swept: dict[tuple, set[float]] = {}

@@ -52,6 +52,12 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
 
 
 def _basis(res: SweepResults) -> str:
+    if res.uncovered:
+        return (
+            f"heldout.npz has no per-window sums for {fmt.plural(len(res.uncovered), 'run')} "
+            f"(`{res.uncovered[0]}`, …), so only the seeds are resampled: a configuration "
+            "with one seed has no interval."
+        )
     if not res.windows:
         return (
             "Without per-window sums (heldout.npz) only the seeds are resampled: a "
