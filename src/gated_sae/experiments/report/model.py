@@ -131,9 +131,16 @@ class SweepResults:
         self.record = record
         self.config = record.get("config") if isinstance(record.get("config"), dict) else {}
         self.curves = curves
-        self.excluded = [r for r in usable if r.get("train_dead_fraction", math.nan) > DEAD_LIMIT]
-        healthy = [r for r in usable if r not in self.excluded]
+        dead = [r.get("train_dead_fraction", math.nan) > DEAD_LIMIT for r in usable]
+        self.excluded = [r for r, d in zip(usable, dead, strict=True) if d]
+        healthy = [r for r, d in zip(usable, dead, strict=True) if not d]
         self.dead_measured = any(finite(r.get("train_dead_fraction")) for r in usable)
+        self.dead_window = sorted({int(r["train_dead_tokens"]) for r in usable
+                                   if finite(r.get("train_dead_tokens"))})
+        # (activation windows, their tokens, LM windows, their predictions)
+        self.held_out = tuple(
+            int(f(heldout[k])) for k in ("window_tokens", "lm_predictions") for f in (len, sum)
+        ) if heldout else None
         names = set(heldout["names"]) if heldout else set()
         # Resample windows only when the sums cover every healthy run.
         self.uncovered = [r["name"] for r in healthy if heldout and r["name"] not in names]

@@ -28,8 +28,10 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
         "**Frontiers.** A family is one variant at one width. At each sparsity level it takes "
         "the learning rate with the best mean loss recovered over its seeds, among the "
         "learning rates swept there; a choice at either end of the swept range is flagged. "
-        f"Runs with more than {DEAD_LIMIT:.0%} of their latents dead over the last window of "
-        "the training stream are set apart (\"Excluded runs\") and are on no frontier. Two "
+        f"Runs with more than {DEAD_LIMIT:.0%} of their latents dead over the last "
+        + (f"{', '.join(fmt.count(t) for t in res.dead_window)} tokens"
+           if res.dead_window else "window")
+        + " of the training stream are set apart (\"Excluded runs\") and are on no frontier. Two "
         "frontiers are compared at matched L0, never at matched λ: each is read linearly in "
         f"log L0 between adjacent levels at most {MAX_GAP}× apart, only inside the L0 range "
         f"both cover, at the L0s of one grid for the whole report ({grid}) that both can be "
@@ -63,7 +65,10 @@ def _basis(res: SweepResults) -> str:
             "Without per-window sums (heldout.npz) only the seeds are resampled: a "
             "configuration with one seed has no interval."
         )
+    windows, tokens, lm_windows, predictions = res.held_out
     return (
+        f"The held-out set: {windows} windows ({tokens:,} activation tokens); the LM metrics "
+        f"on the first {lm_windows} of them ({predictions:,} predictions). "
         "One bootstrap replicate draws the held-out windows with replacement, the same windows "
         "for every SAE (so comparisons are paired; the LM metrics' windows, the first of them, "
         "are drawn as a sample of their own), and each configuration's seeds with "
