@@ -1,9 +1,17 @@
 """results.csv, the table a sweep writes and the report reads: its columns, how a row is
 written (`results_text`) and how it is read back with numbers parsed (`read_results`).
 
-One row per trained SAE: its settings (`name` … `role`), then the metrics measured on
-held-out text. `sparsity_coef` is empty for TopK-like SAEs and `k` for the others; `role`
-joins the row's role tags with ";"; `options` is a JSON object.
+One row per trained SAE: its settings (`name` … `role`), the metrics measured on held-out
+text (`METRICS`, with the held-out token counts they were taken on), then what training
+recorded (`TRAINING`). `sparsity_coef` is empty for TopK-like SAEs and `k` for the others;
+`role` joins the row's role tags with ";"; `options` is a JSON object.
+
+The training columns: `train_dead_fraction`, the fraction of latents that did not fire in
+the last `train_dead_tokens` tokens of the training stream; `converged`, 1 when loss
+recovered moved by less than 0.005 over the last quarter of training (`lr_change`, its
+change; `fvu_change`, FVU's change relative to its final value); `train_seconds`, this SAE's
+share of its pass's training steps; `pass_seconds`, the wall time of that pass;
+`eval_seconds`, the pass's evaluation time divided by its SAEs.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ METRICS = (
     "explained_variance",
     "mse",
     "gamma",
+    "gamma_centred",
     "dead_fraction",
     "dense_fraction",
     "ce_clean",
@@ -47,15 +56,10 @@ SETTINGS = (
     "batch_size",
     "role",
 )
-# eval_tokens: held-out tokens of the activation metrics; lm_eval_tokens: predictions of the
-# LM metrics; train_dead_fraction: latents silent over the last train_dead_tokens of training;
-# converged, lr_change, fvu_change: the last quarter of the training curve (sweep.convergence);
-# seconds: the SAE's training steps, its pass's wall time, its share of the evaluation.
-MEASURED = (
-    *METRICS,
-    "gamma_centred",
-    "eval_tokens",
-    "lm_eval_tokens",
+# Held-out tokens of the activation metrics, and predictions of the LM metrics (ce_*, kl,
+# loss_recovered, delta_loss), which are taken on the first of the same held-out windows.
+EVAL_COUNTS = ("eval_tokens", "lm_eval_tokens")
+TRAINING = (
     "train_dead_fraction",
     "train_dead_tokens",
     "converged",
@@ -65,15 +69,16 @@ MEASURED = (
     "pass_seconds",
     "eval_seconds",
 )
+MEASURED = (*METRICS, *EVAL_COUNTS, *TRAINING)
 COLUMNS = [*SETTINGS, *MEASURED]
-INT_COLUMNS = ("d_sae", "seed", "tokens", "batch_size", "k")
-FLOAT_COLUMNS = ("lr", "sparsity_coef", *MEASURED)
+INT_COLUMNS = ("d_sae", "seed", "tokens", "batch_size", "k", "converged")
+FLOAT_COLUMNS = ("lr", "sparsity_coef", *(c for c in MEASURED if c not in INT_COLUMNS))
 
 
 def _cell(value) -> str:
-    """CSV text that reads back the same: floats with full precision."""
+    """CSV text that reads back the same: floats (numpy's too) with full precision."""
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))
     return str(value)
 
 
@@ -102,8 +107,9 @@ def _float(text: str) -> float:
 
 
 def read_results(path: Path) -> list[dict]:
-    """The rows of a results.csv with numbers parsed: missing integers (k of a relu SAE)
-    become None, missing metrics NaN, `role` a frozenset `roles`, `options` a dict."""
+    """The rows of a results.csv with numbers parsed: missing integers (k of a relu SAE, or
+    `converged` in a table written before it was recorded) become None, missing metrics
+    NaN, `role` a frozenset `roles`, `options` a dict."""
     try:
         with open(path, newline="") as f:
             raw = list(csv.DictReader(f))

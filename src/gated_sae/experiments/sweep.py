@@ -43,8 +43,7 @@ from ..evaluate.pipeline import evaluate_saes, heldout_windows, site_activations
 from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer, default_lr
-from .pareto import METRICS
-from .results import results_text
+from .results import METRICS, results_text
 
 PRESETS = ("questions", "paper")
 # Converged: loss recovered moved by less than this over the last quarter of training.
@@ -393,7 +392,6 @@ class Sweep:
             "batch_size": self.config.batch_size,
             "role": ";".join(sorted(point.roles)),
             **{m: metrics[m] for m in METRICS},
-            "gamma_centred": metrics["gamma_centred"],
             "eval_tokens": metrics["n_tokens"],
             "lm_eval_tokens": metrics["lm_n_tokens"],
         }

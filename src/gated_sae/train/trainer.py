@@ -30,11 +30,11 @@ from .slot import PRECISIONS, STEPS, TrainingSlot
 
 # Measures SAEs (by name, input scale folded in) for training curves: metrics by name.
 Evaluation = Callable[[dict[str, SAE]], dict[str, dict[str, float]]]
-SCALE_SAMPLE_TOKENS = 1 << 16
+SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
 # Adam moves a weight by about lr per step, so a run of S steps moves it by at most about
 # lr·S; SAEs that train in S steps need lr·S of about this (docs/training.md).
 SHORT_RUN_LR_STEPS = 2.0
-MAX_DEFAULT_LR = 5e-3  # higher rates left SmolLM2 SAEs with dead latents and rising FVU  # activations read to estimate the input scale and b_dec
+MAX_DEFAULT_LR = 5e-3  # higher rates left SmolLM2 SAEs with dead latents and rising FVU
 
 
 @dataclass

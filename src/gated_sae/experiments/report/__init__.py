@@ -1,113 +1,80 @@
-"""`gated-sae report DIR`: turn a sweep's results.csv and sweep.json into report.md and a
-self-contained report.html (plots embedded as data URIs), with the PNGs in DIR/plots/.
+"""`gated-sae report DIR`: turn a sweep folder (results.csv, sweep.json, heldout.npz,
+curves.csv) into report.md and a self-contained report.html (plots embedded as data URIs),
+with the PNGs in DIR/plots/.
 
-The report answers three questions about the Gated SAE (Rajamanoharan et al. 2024):
-Q1 is b_mag necessary, Q2 does gated still win when relu gets its own best learning rate,
-Q3 does the result hold as the dictionary grows (at equal width and at equal compute, relu
-1.5× wider). Every sentence is generated from the numbers; a question whose SAEs are not in
-the table is reported as not measured. Comparisons are made along L0–fidelity frontiers
-(pareto.py): at matched L0 where two frontiers overlap, else at matched sparsity level.
+The report answers four questions about the Gated SAE (Rajamanoharan et al. 2024): Q1 is
+b_mag necessary, Q2 does gated still win when relu gets its own best learning rate, Q3 how
+fidelity scales with the dictionary at matched L0, Q4 how gated compares with TopK,
+BatchTopK and JumpReLU; then how the SAEs trained, the paper's settings beside ours, compute,
+and what the data do not settle. Every number is computed once (analysis.py), with bootstrap
+intervals over held-out windows and seeds (stats.py), and the sentences, tables and figures
+are written from those numbers; a question whose SAEs are not in the sweep is reported as
+not measured.
 
-The parts: model.py (the sweep's rows and frontiers), findings.py (each question's answer as
-numbers and verdicts), prose.py (the sentences), sections.py (headings, sentences and
-tables), plots.py, render.py (Markdown and HTML); this module puts them together.
+The parts: inputs.py (the folder's files), model.py (runs, configurations, frontiers),
+stats.py, findings.py and width.py and training.py (the answers as data), analysis.py (all
+of them), prose.py (sentences), sections.py and sections_run.py (blocks), plots.py,
+paper.py (the published settings), render.py (Markdown and HTML); this module puts them
+together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from ...files import atomic_write_bytes, atomic_write_text
-from ..results import read_results
-from . import plots, prose, sections
-from .findings import analyse_q1, analyse_q2, analyse_q3
-from .formatting import NOT_MEASURED
-from .model import SweepResults, read_record
+from . import plots, sections, sections_run
+from .analysis import Findings, analyse
+from .model import SweepResults, load_sweep
 from .render import Block, to_html, to_markdown
 
 __all__ = ["write_report"]
 
-PLOTS: tuple[tuple[str, Callable[[SweepResults], bytes | None], str, str], ...] = (
-    (
-        "pareto.png",
-        plots.plot_pareto,
-        "Pareto frontiers",
-        "L0 against loss recovered and FVU; each frontier runs over all of a variant's "
-        "learning rates and sparsity levels.",
-    ),
-    (
-        "lr_sensitivity.png",
-        plots.plot_lr_sensitivity,
-        "Learning-rate sensitivity",
-        "Loss recovered and FVU against lr, one line per sparsity level.",
-    ),
-    (
-        "gamma.png",
-        plots.plot_gamma,
-        "Shrinkage",
-        "γ against L0 per variant; the dotted line is γ = 1 (no shrinkage).",
-    ),
-    (
-        "dead.png",
-        plots.plot_dead,
-        "Dead latents",
-        "Fraction of dead latents against L0 per variant.",
-    ),
-    (
-        "width.png",
-        plots.plot_width,
-        "Width scaling",
-        "Loss recovered against width at matched L0: gated, relu at equal width, and relu 1.5× "
-        "wider (equal compute).",
-    ),
-)
+
+def _figures(res: SweepResults, f: Findings) -> dict[str, bytes | None]:
+    """Every figure, drawn from the same findings as the text."""
+    l0s = sorted({d.at for d in f.q2.differences}) if f.q2 else []
+    if not res.rows:
+        return {}
+    return {
+        "frontiers.png": plots.plot_frontiers(res, l0s),
+        "lr_sensitivity.png": plots.plot_lr_sensitivity(res),
+        "shrinkage.png": plots.plot_shrinkage(res),
+        "width.png": plots.plot_width(f.q3.fits),
+        "curves_fvu.png": plots.plot_curves(res, "fvu"),
+        "curves_loss_recovered.png": plots.plot_curves(res, "loss_recovered"),
+        "dead.png": plots.plot_dead(res),
+    }
 
 
 def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
     """Write DIR/report.md, DIR/report.html and DIR/plots/*.png for the sweep in DIR."""
     sweep_dir = Path(sweep_dir)
-    res = SweepResults(
-        read_results(sweep_dir / "results.csv"), read_record(sweep_dir / "sweep.json")
-    )
+    res = load_sweep(sweep_dir)
+    f = analyse(res)
+    images = _figures(res, f)
     cfg = res.config
     title = f"Gated SAE questions: {cfg.get('model', 'unknown model')} {cfg.get('site', '')}"
     blocks: list[Block] = [
         ("h1", title.strip()),
-        (
-            "p",
-            f"{len(res.rows)} SAEs; variants: {', '.join(res.variants()) or 'none'}. "
-            f"Fidelity is measured as {res.metric_name}."
-            + (
-                f" {res.skipped} rows without a width, lr or sparsity level were left out."
-                if res.skipped
-                else ""
-            ),
-        ),
-        ("p", prose.COMPARISON_RULE),
-        *sections.section_q1(analyse_q1(res), res.metric_name),
-        *sections.section_q2(analyse_q2(res), res),
-        *sections.section_q3(analyse_q3(res), res.metric_name),
+        *sections_run.intro(res, f),
+        *sections.section_q1(f.q1, res),
+        *sections.section_q2(f.q2, res, images),
+        *sections.section_q3(f.q3, res, images),
+        *sections.section_rivals(f.rivals, res),
+        *sections_run.section_training(res, f.convergence, images),
+        *(sections_run.results_table(res) if res.families else []),
+        *sections_run.section_paper(res, f),
+        *sections_run.section_compute(f.compute),
+        *sections_run.section_unsettled(f, res),
+        *sections_run.section_run(res, sweep_dir),
     ]
-    if res.rows:
-        blocks += sections.results_table(res)
-    blocks.append(("h2", "Plots"))
-    images = {}
-    for name, plot, heading, caption in PLOTS:
-        blocks.append(("h3", heading))
-        png = plot(res) if res.rows else None
-        if png is None:
-            blocks.append(("p", f"{heading}: {NOT_MEASURED}."))
-            continue
-        images[name] = png
-        blocks.append(("img", name, caption))
-    blocks += sections.section_run(res, sweep_dir)
-
+    drawn = {name: png for name, png in images.items() if png is not None}
     plots_dir = sweep_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    for name, png in images.items():
-        atomic_write_bytes(plots_dir / name, lambda f, png=png: f.write(png))
+    for name, png in drawn.items():
+        atomic_write_bytes(plots_dir / name, lambda out, png=png: out.write(png))
     md, page = sweep_dir / "report.md", sweep_dir / "report.html"
     atomic_write_text(md, to_markdown(blocks))
-    atomic_write_text(page, to_html(blocks, images, title))
+    atomic_write_text(page, to_html(blocks, drawn, title))
     return md, page

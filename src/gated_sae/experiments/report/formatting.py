@@ -1,22 +1,23 @@
-"""How the report writes numbers, learning rates, sparsity levels and lists."""
+"""How the report writes numbers, intervals, learning rates, sparsity levels and lists."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..pareto import sparsity_level
-from .model import finite
+from .model import METRIC_NAMES, Config, Family, finite
+from .stats import Interval
 
 NOT_MEASURED = "not measured in this sweep"
+UNCONVERGED_MARK = "†"  # a configuration with a run failing the convergence criterion
 
 
 def num(x, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if finite(x) else "n/a"
+    return f"{x:.{digits}f}".replace("-", "−") if finite(x) else "n/a"
 
 
-def delta(x: float) -> str:
+def signed(x, digits: int = 3) -> str:
     """+0.012 / −0.012, with a true minus sign."""
-    return f"{x:+.3f}".replace("-", "−")
+    return f"{x:+.{digits}f}".replace("-", "−") if finite(x) else "n/a"
 
 
 def l0(x: float) -> str:
@@ -31,25 +32,55 @@ def lr(x: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def level(row: dict) -> str:
+def level(c: Config) -> str:
     """'k = 32' for TopK-like SAEs, else 'λ = 2'."""
-    value = sparsity_level(row)
-    return f"k = {value}" if row.get("k") is not None else f"λ = {value:g}"
+    return f"k = {c.level}" if c.k_like else f"λ = {c.level:g}"
 
 
 def count(x) -> str:
     return f"{x:,}" if isinstance(x, int) else "n/a"
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def series(items: Sequence[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     items = list(items)
+    if not items:
+        return ""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def with_spread(row: dict, metric: str, digits: int = 3) -> str:
-    """The mean, and the seed spread in brackets where there are two or more seeds."""
-    value = num(row[metric], digits)
-    if row["n_seeds"] >= 2 and finite(row[f"{metric}_spread"]):
-        return f"{value} ({row[f'{metric}_spread']:.{digits}f})"
-    return value
+def interval(iv: Interval | None, digits: int = 3, sign: bool = False) -> str:
+    """'0.912 [0.905, 0.918]' (signed: '+0.046 [+0.038, +0.053]'); the estimate alone
+    where there is no interval."""
+    if iv is None:
+        return "n/a"
+    write = signed if sign else num
+    if not finite(iv.low):
+        return write(iv.value, digits)
+    return f"{write(iv.value, digits)} [{write(iv.low, digits)}, {write(iv.high, digits)}]"
+
+
+def metric(name: str) -> str:
+    return METRIC_NAMES.get(name, name)
+
+
+def where(at_metric: str, at: float) -> str:
+    """'L0 20', or 'loss recovered 0.829' for a matched fidelity."""
+    if at_metric == "l0":
+        return f"L0 {l0(at)}"
+    return f"{metric(at_metric)} {num(at)}"
+
+
+def flagged(c: Config, text: str) -> str:
+    """`text` with the unconverged mark when the configuration fails the criterion."""
+    return text + UNCONVERGED_MARK if c.converged is False else text
+
+
+def family(f: Family, name: str | None = None) -> str:
+    """The family's name (`name` when given), marked when a point fails the criterion."""
+    return (name or f.variant) + (UNCONVERGED_MARK if f.unconverged else "")

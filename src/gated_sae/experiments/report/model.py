@@ -1,29 +1,43 @@
-"""The sweep as the report sees it: the usable rows of results.csv, the settings recorded in
-sweep.json, and the families, frontiers and comparisons every part of the report reads."""
+"""The sweep as the report sees it: its runs, which of them are healthy, the configurations
+they replicate (variant, width, lr, sparsity level; the seeds are the replicates) with
+bootstrap replicates of every metric, and each family's frontier at the lr chosen per level.
+
+A run with more than DEAD_LIMIT of its latents dead over the training stream's last window
+is a failure of its configuration, not a point of a frontier: it is set apart
+(`excluded`). Each family (variant, width) takes, at every sparsity level, the learning
+rate with the best mean loss recovered over its healthy seeds (FVU where loss recovered was
+not measured); the choice is made once, on the data as measured, and kept in every
+replicate.
+"""
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ...saes import ARCHITECTURES, variant_order
 from ...saes.gated import GatedSAE
 from ...saes.relu import ReLUSAE
-from ..pareto import (
-    Comparison,
-    best_lr_rows,
-    compare,
-    frontier,
-    seed_noise,
-    sparsity_level,
-    summarize,
-)
+from ..pareto import sparsity_level
+from ..results import read_results
+from . import stats
+from .inputs import read_curves, read_heldout, read_record
 
 BASE_ARCHS = tuple(ARCHITECTURES)
 VARIANT_ORDER = variant_order()
-# The subjects of the three questions: the Gated SAE, against the ReLU baseline.
+# The subjects of the questions: the Gated SAE, against the ReLU baseline.
 GATED, BASELINE = GatedSAE.architecture, ReLUSAE.architecture
+DEAD_LIMIT = 0.5  # train_dead_fraction above it: the run is excluded from frontiers
+CONVERGENCE_LIMIT = 0.005  # |Δ loss recovered| over the last quarter of training
+# The metrics every configuration carries replicates of.
+DRAWN = ("l0", "fvu", "gamma", "gamma_centred", "loss_recovered", "delta_loss")
+FIDELITY = ("loss_recovered", "delta_loss", "fvu")
+HIGHER_IS_BETTER = {"loss_recovered": True, "delta_loss": False, "fvu": False}
+METRIC_NAMES = {"loss_recovered": "loss recovered", "delta_loss": "Δloss", "fvu": "FVU",
+                "l0": "L0", "gamma": "γ", "gamma_centred": "γ centred"}
 
 
 def finite(x) -> bool:
@@ -36,40 +50,148 @@ def variant_key(variant: str) -> tuple:
     return (not known, VARIANT_ORDER.index(variant) if known else 0, variant)
 
 
-def read_record(path: Path) -> dict:
-    """sweep.json, or {} when it is missing or unreadable (the report then says so)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
+@dataclass
+class Config:
+    """One configuration: its healthy runs (the seeds) and replicates [R + 1] per metric."""
+
+    variant: str
+    width: int
+    lr: float
+    level: float | int
+    k_like: bool  # the level is k (TopK-like), not λ
+    runs: list[dict]
+    draws: dict[str, np.ndarray]
+    lrs: list[float] = field(default_factory=list)  # every lr swept at this level, dead too
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    def value(self, metric: str) -> float:
+        return float(self.draws[metric][0])
+
+    @property
+    def edge(self) -> str | None:
+        """'smallest' or 'largest' when this lr is at that end of two or more swept."""
+        if len(self.lrs) < 2:
+            return None
+        return {self.lrs[0]: "smallest", self.lrs[-1]: "largest"}.get(self.lr)
+
+    @property
+    def converged(self) -> bool | None:
+        """False when any run failed the criterion; None when none recorded it."""
+        flags = [r["converged"] for r in self.runs if r.get("converged") is not None]
+        return all(flags) if flags else None
+
+    @property
+    def dead(self) -> float:
+        """Mean dead fraction over the training stream's last window, NaN if not measured."""
+        values = [r["train_dead_fraction"] for r in self.runs]
+        return float(np.mean(values)) if values else math.nan
+
+
+@dataclass
+class Family:
+    """A variant at one width: one configuration per sparsity level, in increasing L0."""
+
+    variant: str
+    width: int
+    points: list[Config]
+
+    def arrays(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(L0s, `metric`) as [R + 1, levels]."""
+        return (np.stack([c.draws["l0"] for c in self.points], 1),
+                np.stack([c.draws[metric] for c in self.points], 1))
+
+    @property
+    def seeds(self) -> int:
+        return min(c.seeds for c in self.points)
+
+    @property
+    def unconverged(self) -> list[Config]:
+        return [c for c in self.points if c.converged is False]
+
+
+def _level_key(row: dict) -> tuple:
+    return (row["variant"], row["d_sae"], sparsity_level(row))
 
 
 class SweepResults:
-    """The rows, best-lr summaries and settings that every section reads."""
+    """The runs, configurations, frontiers and settings that every section reads."""
 
-    def __init__(self, rows: list[dict], record: dict):
+    def __init__(self, rows: list[dict], record: dict, heldout: dict | None = None,
+                 curves: dict | None = None):
         # A row without a width, lr or sparsity level cannot be placed on any comparison.
         usable = [
-            r
-            for r in rows
+            r for r in rows
             if r["d_sae"] is not None and finite(r["lr"]) and finite(sparsity_level(r))
         ]
         self.skipped = len(rows) - len(usable)
-        self.rows = rows = usable
+        self.rows = usable
         self.record = record
         self.config = record.get("config") if isinstance(record.get("config"), dict) else {}
-        self.best = best_lr_rows(rows)
-        self.per_lr = summarize(rows, ("variant", "d_sae", "sparsity", "lr"))
-        # Fidelity is loss recovered; a sweep that did not measure it falls back to FVU.
-        has_lr = any(finite(r["loss_recovered"]) for r in rows)
+        self.curves = curves
+        dead = [r.get("train_dead_fraction", math.nan) > DEAD_LIMIT for r in usable]
+        self.excluded = [r for r, d in zip(usable, dead, strict=True) if d]
+        healthy = [r for r, d in zip(usable, dead, strict=True) if not d]
+        self.dead_measured = any(finite(r.get("train_dead_fraction")) for r in usable)
+        self.dead_window = sorted({int(r["train_dead_tokens"]) for r in usable
+                                   if finite(r.get("train_dead_tokens"))})
+        # (activation windows, their tokens, LM windows, their predictions)
+        self.held_out = tuple(
+            int(f(heldout[k])) for k in ("window_tokens", "lm_predictions") for f in (len, sum)
+        ) if heldout else None
+        names = set(heldout["names"]) if heldout else set()
+        # Resample windows only when the sums cover every healthy run.
+        self.uncovered = [r["name"] for r in healthy if heldout and r["name"] not in names]
+        self.windows = bool(heldout) and not self.uncovered
+        self.lm_windows = self.windows and len(heldout["lm_predictions"]) > 0
+        self.configs = self._configs(healthy, heldout if self.windows else None)
+        self.swept: dict[tuple, set[float]] = {}
+        for r in usable:
+            self.swept.setdefault(_level_key(r), set()).add(r["lr"])
+        for c in self.configs:
+            c.lrs = sorted(self.swept[(c.variant, c.width, c.level)])
+        has_lr = any(finite(c.value("loss_recovered")) for c in self.configs)
         self.metric = "loss_recovered" if has_lr else "fvu"
-        self.metric_name = "loss recovered" if has_lr else "FVU"
-        self.sign = 1 if has_lr else -1  # sign · Δ > 0: the second family is better
+        self.metric_name = METRIC_NAMES[self.metric]
         self.main_width = self._main_width()
+        self.families = {
+            (v, w): f
+            for v, w in sorted({(c.variant, c.width) for c in self.configs},
+                               key=lambda k: (variant_key(k[0]), k[1]))
+            if (f := self.family(v, w)) is not None
+        }
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _configs(self, rows: list[dict], heldout: dict | None) -> list[Config]:
+        rng = np.random.default_rng(stats.RNG_SEED)
+        if heldout is not None:
+            index = {name: i for i, name in enumerate(heldout["names"])}
+            windows = stats.resample_counts(rng, len(heldout["window_tokens"]))
+            lm_windows = stats.resample_counts(rng, len(heldout["lm_predictions"]))
+            per_window = stats.window_metrics(heldout, windows, lm_windows)
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            groups.setdefault((*_level_key(r), r["lr"]), []).append(r)
+        out = []
+        for key in sorted(groups, key=lambda k: (variant_key(k[0]), *k[1:])):
+            runs = sorted(groups[key], key=lambda r: (r["seed"] is None, r["seed"] or 0))
+            seeds = stats.resample_counts(rng, len(runs))
+            draws = {}
+            for metric in DRAWN:
+                if heldout is not None and metric in per_window:
+                    per_run = per_window[metric][:, [index[r["name"]] for r in runs]]
+                else:  # the table's value, the same in every replicate
+                    per_run = np.tile([r.get(metric, math.nan) for r in runs], (len(seeds), 1))
+                draws[metric] = (seeds * per_run).sum(1) / len(runs)
+            variant, width, level, lr = key
+            out.append(Config(variant, width, lr, level, runs[0]["k"] is not None, runs, draws))
+        return out
 
     def _main_width(self) -> int | None:
-        widths = [r["d_sae"] for r in self.rows if r["d_sae"] is not None]
+        widths = [r["d_sae"] for r in self.rows]
         if self.config.get("main_width") in widths:
             return self.config["main_width"]
         swept = [r["d_sae"] for r in self.rows if "lr_sweep" in r["roles"]] or widths
@@ -77,39 +199,48 @@ class SweepResults:
             return None
         return min(set(swept), key=lambda w: (-swept.count(w), w))
 
+    def _score(self, c: Config) -> float:
+        value = c.value(self.metric)
+        if not math.isfinite(value):
+            return -math.inf
+        return value if self.metric == "loss_recovered" else -value
+
+    def family(self, variant: str, width: int | None, lrs=None) -> Family | None:
+        """`variant` at `width`, each level at its best lr (among `lrs` when given); None
+        when it has no healthy configuration there. Ties go to the smaller lr."""
+        levels: dict = {}
+        for c in self.configs:
+            if c.variant == variant and c.width == width and (lrs is None or c.lr in lrs):
+                best = levels.get(c.level)
+                if best is None or self._score(c) > self._score(best):
+                    levels[c.level] = c
+        points = [c for c in levels.values() if math.isfinite(c.value("l0"))]
+        if not points:
+            return None
+        return Family(variant, width, sorted(points, key=lambda c: c.value("l0")))
+
+    # --- reading ----------------------------------------------------------------------------
+
     def variants(self, width: int | None = None) -> list[str]:
-        found = {r["variant"] for r in self.best if width is None or r["d_sae"] == width}
+        found = {v for v, w in self.families if width is None or w == width}
         return sorted(found, key=variant_key)
 
-    def family(self, variant: str, width: int | None, rows: list[dict] | None = None) -> list:
-        """Best-lr summaries of `variant` at `width`, one per sparsity level, in level order
-        (of `rows` when given, else of the whole sweep)."""
-        pool = self.best if rows is None else best_lr_rows(rows)
-        found = [s for s in pool if s["variant"] == variant and s["d_sae"] == width]
-        return sorted(found, key=sparsity_level)
+    def widths(self, variant: str) -> list[int]:
+        return sorted(w for v, w in self.families if v == variant)
 
-    def points(self, variant: str, width: int | None, rows: list[dict] | None = None) -> list:
-        """Per-lr summaries of `variant` at `width`, one per (sparsity level, lr): the points
-        its frontier is built from (of `rows` when given, else of the whole sweep)."""
-        by = ("variant", "d_sae", "sparsity", "lr")
-        pool = self.per_lr if rows is None else summarize(rows, by)
-        found = [s for s in pool if s["variant"] == variant and s["d_sae"] == width]
-        return sorted(found, key=lambda s: (sparsity_level(s), s["lr"]))
+    def configs_of(self, variant: str, width: int) -> list[Config]:
+        return [c for c in self.configs if c.variant == variant and c.width == width]
 
-    def compare(self, ref: list[dict], alt: list[dict]) -> list[Comparison]:
-        """`ref` against `alt` at matched L0, with the larger of the two families' seed noise."""
-        noises = [n for n in map(self.seed_noise, (ref, alt)) if n is not None]
-        return compare(ref, alt, self.metric, self.metric != "fvu", max(noises, default=None))
+    def measured(self, metric: str) -> bool:
+        """Whether `metric` can be resampled at all (LM metrics need the LM sums)."""
+        return any(math.isfinite(c.value(metric)) for c in self.configs)
 
-    def seed_noise(self, family: list[dict]) -> float | None:
-        """`seed_noise` of the sweep's rows of the family's variant at the family's width."""
-        if not family:
-            return None
-        variant, width = family[0]["variant"], family[0]["d_sae"]
-        rows = [r for r in self.rows if r["variant"] == variant and r["d_sae"] == width]
-        return seed_noise(rows, self.metric, self.metric != "fvu")
 
-    def front(self, family: list[dict], metric: str | None = None) -> list[tuple]:
-        """The L0 frontier of `family` on `metric` (default: the report's fidelity)."""
-        metric = metric or self.metric
-        return frontier([(s["l0"], s[metric], s) for s in family], metric != "fvu")
+def load_sweep(folder: Path) -> SweepResults:
+    """The sweep in `folder`: results.csv (required), sweep.json, heldout.npz, curves.csv."""
+    return SweepResults(
+        read_results(folder / "results.csv"),
+        read_record(folder / "sweep.json"),
+        read_heldout(folder / "heldout.npz"),
+        read_curves(folder / "curves.csv"),
+    )

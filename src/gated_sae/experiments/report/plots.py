@@ -1,20 +1,39 @@
-"""The report's five plots as PNG bytes: (a) the Pareto frontiers, (b) learning-rate
-sensitivity, (c) shrinkage γ, (d) dead latents, (e) width scaling. Each returns None when
-the sweep has nothing to draw; the PNGs carry no software or date metadata, so the same
-results give the same bytes."""
+"""The report's figures as PNG bytes, each drawn from the same findings as the text: frontiers
+with their intervals and the matched L0s the text names, learning-rate sensitivity against L0,
+shrinkage, dead latents, the width law, and training curves. Each returns None when the
+sweep has nothing to draw. Points of configurations failing the convergence criterion are
+hollow. The PNGs carry no software or date metadata, so the same results give the same bytes.
+"""
 
 from __future__ import annotations
 
 import io
 import math
 
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ..pareto import interpolate_at, sparsity_level
 from . import formatting as fmt
-from .findings import width_families
-from .model import BASE_ARCHS, BASELINE, GATED, VARIANT_ORDER, SweepResults, finite
+from .model import (
+    DEAD_LIMIT,
+    FIDELITY,
+    VARIANT_ORDER,
+    Config,
+    Family,
+    SweepResults,
+    variant_key,
+)
+from .stats import interval
+from .width import WidthFit
+
+LABELS = {
+    "loss_recovered": "loss recovered (higher is better)",
+    "delta_loss": "Δloss, nats per token (lower is better)",
+    "fvu": "FVU (lower is better)",
+    "gamma": "γ, uncentred (the paper's)",
+    "gamma_centred": "γ, centred",
+}
 
 
 def _color(variant: str) -> str:
@@ -38,227 +57,194 @@ def _log_l0_axis(ax, ylabel: str) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
-def _measured(summaries, metric: str) -> bool:
-    """Whether any summary has both an L0 and `metric` to plot on log axes."""
-    return any(finite(s[metric]) and finite(s["l0"]) and s["l0"] > 0 for s in summaries)
-
-
 def _not_measured(ax, what: str) -> None:
-    ax.text(
-        0.5, 0.5, f"{what}: {fmt.NOT_MEASURED}", ha="center", va="center", transform=ax.transAxes
-    )
+    ax.text(0.5, 0.5, f"{what}: {fmt.NOT_MEASURED}", ha="center", va="center",
+            transform=ax.transAxes)
     ax.set_axis_off()
 
 
-def _metric_label(metric: str) -> str:
-    return {
-        "loss_recovered": "loss recovered (higher is better)",
-        "fvu": "FVU (lower is better)",
-    }[metric]
+def _errors(draws: np.ndarray) -> tuple[float, list[float]]:
+    """The estimate and its error bar lengths [below, above] (0 without an interval)."""
+    iv = interval(draws)
+    if not math.isfinite(iv.low):
+        return iv.value, [0.0, 0.0]
+    return iv.value, [max(iv.value - iv.low, 0.0), max(iv.high - iv.value, 0.0)]
 
 
-def plot_pareto(res: SweepResults) -> bytes | None:
-    """(a) L0 against loss recovered and against FVU: each variant's points at every lr and
-    sparsity level, and the frontier through them."""
+def _points(ax, configs: list[Config], metric: str, color: str, label: str | None,
+            style: str = "-", marker: str = "o") -> None:
+    """The configurations' metric against L0 with both intervals; unconverged ones hollow."""
+    xs, ys = zip(*(( _errors(c.draws["l0"]), _errors(c.draws[metric])) for c in configs),
+                 strict=True)
+    x, y = [v for v, _ in xs], [v for v, _ in ys]
+    ax.plot(x, y, style, color=color, label=label)
+    for c, (xv, xe), (yv, ye) in zip(configs, xs, ys, strict=True):
+        hollow = c.converged is False
+        ax.errorbar([xv], [yv], xerr=np.array([xe]).T, yerr=np.array([ye]).T, fmt=marker,
+                    color=color, mfc="white" if hollow else color, ms=6, capsize=2)
+
+
+def plot_frontiers(res: SweepResults, l0s: list[float]) -> bytes | None:
+    """Every variant's frontier at the main width in loss recovered, Δloss and FVU; dotted
+    lines at the matched L0s the text compares relu and gated at."""
     variants = res.variants(res.main_width)
     if not variants:
         return None
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    axes = fig.subplots(1, 2)
-    everything = [s for s in res.best if s["d_sae"] == res.main_width]
-    for ax, metric in zip(axes, ("loss_recovered", "fvu"), strict=True):
-        if not _measured(everything, metric):
-            _not_measured(ax, _metric_label(metric))
+    fig = Figure(figsize=(16, 5), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 3), FIDELITY, strict=True):
+        if not res.measured(metric):
+            _not_measured(ax, LABELS[metric])
             continue
         for variant in variants:
-            family = res.points(variant, res.main_width)
+            family = res.families[(variant, res.main_width)]
             style = "--" if variant.startswith("gated ") else "-"
-            ax.scatter(
-                [s["l0"] for s in family],
-                [s[metric] for s in family],
-                color=_color(variant),
-                s=22,
-                alpha=0.5,
-            )
-            front = res.front(family, metric)
-            ax.plot(
-                [p[0] for p in front],
-                [p[1] for p in front],
-                style,
-                marker="o",
-                color=_color(variant),
-                label=variant,
-            )
-        _log_l0_axis(ax, _metric_label(metric))
-    handles = {}
-    for ax in axes:
-        handles.update((label, h) for h, label in zip(*ax.get_legend_handles_labels(), strict=True))
-    if handles:
-        fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=9)
+            _points(ax, family.points, metric, _color(variant), variant, style)
+        for x in l0s:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        _log_l0_axis(ax, LABELS[metric])
+    handles = dict(zip(*reversed(fig.axes[0].get_legend_handles_labels()), strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=9)
+    where = f"dotted: L0 {', '.join(fmt.l0(x) for x in l0s)}, where relu and gated are " \
+        "compared; " if l0s else ""
     fig.suptitle(
-        f"Pareto frontiers at d_sae = {res.main_width}, each over all of a variant's learning "
-        "rates and sparsity levels\n(faint dots: points off the frontier)"
+        f"Frontiers at d_sae = {res.main_width}: each level at its chosen lr, mean over seeds, "
+        f"95% bootstrap intervals\n({where}hollow: fails the convergence criterion)"
     )
     return _png(fig)
-
-
-def _swept_archs(res: SweepResults) -> list[str]:
-    """Base architectures trained at two or more lrs at the main width."""
-    out = []
-    for arch in BASE_ARCHS:
-        family = res.family(arch, res.main_width)
-        if family and max(len(s["lrs"]) for s in family) >= 2:
-            out.append(arch)
-    return out
 
 
 def plot_lr_sensitivity(res: SweepResults) -> bytes | None:
-    """(b) loss recovered and FVU against lr, one line per sparsity level, best lr starred."""
-    archs = _swept_archs(res)
-    if not archs:
+    """Loss recovered and FVU against L0 for every lr swept, one line per lr (L0 moves with
+    lr at a fixed λ, so lr is not an axis); stars mark the chosen lr of each level."""
+    width = res.main_width
+    variants = [v for v in res.variants(width)
+                if len({c.lr for c in res.configs_of(v, width)}) >= 2]
+    if not variants:
         return None
-    fig = Figure(figsize=(4.6 * len(archs), 7.5), layout="constrained")
-    axes = fig.subplots(2, len(archs), squeeze=False)
-    for col, arch in enumerate(archs):
-        family = res.family(arch, res.main_width)
-        for i, best in enumerate(family):
-            color = f"C{i % 10}"
-            points = sorted(
-                (
-                    s
-                    for s in res.per_lr
-                    if s["variant"] == arch
-                    and s["d_sae"] == res.main_width
-                    and sparsity_level(s) == sparsity_level(best)
-                ),
-                key=lambda s: s["lr"],
-            )
-            for row, metric in enumerate(("loss_recovered", "fvu")):
-                ax = axes[row][col]
-                if not _measured(points, metric):
-                    continue
-                ax.plot(
-                    [s["lr"] for s in points],
-                    [s[metric] for s in points],
-                    "-o",
-                    color=color,
-                    label=fmt.level(best),
-                )
-                ax.plot(best["lr"], best[metric], "*", color=color, markersize=16)
+    fig = Figure(figsize=(5 * len(variants), 8), layout="constrained")
+    axes = fig.subplots(2, len(variants), squeeze=False)
+    for col, variant in enumerate(variants):
+        chosen = res.families[(variant, width)].points
+        lrs = sorted({c.lr for c in res.configs_of(variant, width)})
         for row, metric in enumerate(("loss_recovered", "fvu")):
             ax = axes[row][col]
-            if not ax.lines:
-                _not_measured(ax, _metric_label(metric))
+            if not res.measured(metric):
+                _not_measured(ax, LABELS[metric])
                 continue
-            ax.set_xscale("log")
-            lrs = sorted({lr for s in family for lr in s["lrs"]})
-            ax.set_xticks(lrs, [fmt.lr(x) for x in lrs])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("learning rate (log scale)")
-            ax.set_ylabel(_metric_label(metric))
-            ax.grid(alpha=0.3, which="both")
-        axes[0][col].set_title(f"{arch}, d_sae = {res.main_width}")
-        axes[int(not axes[0][col].lines)][col].legend(fontsize=9, title="sparsity level")
-    fig.suptitle("Learning-rate sensitivity (star: best lr at that sparsity level)")
+            for i, lr in enumerate(lrs):
+                at_lr = sorted((c for c in res.configs_of(variant, width) if c.lr == lr),
+                               key=lambda c: c.value("l0"))
+                _points(ax, at_lr, metric, f"C{i}", f"lr {fmt.lr(lr)}")
+            ax.plot([c.value("l0") for c in chosen], [c.value(metric) for c in chosen], "*",
+                    color="black", ms=14, mfc="none", label="chosen lr")
+            _log_l0_axis(ax, LABELS[metric])
+            ax.set_title(f"{variant}, d_sae = {width}")
+            if row == 0 or not axes[0][col].lines:
+                ax.legend(fontsize=8)
+    fig.suptitle("Learning-rate sensitivity against L0 (mean over seeds, 95% intervals)")
     return _png(fig)
 
 
-def _plot_vs_l0(res: SweepResults, metric: str, ylabel: str, title: str, line: str | None):
-    """`metric` against L0 for every variant at the main width; `line` labels a dotted
-    horizontal line at 1."""
-    variants = res.variants(res.main_width)
-    if not _measured([s for s in res.best if s["d_sae"] == res.main_width], metric):
+def plot_shrinkage(res: SweepResults) -> bytes | None:
+    """γ (uncentred, the paper's) and centred γ against L0 per variant at the main width."""
+    if not res.measured("gamma"):
         return None
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
-    for variant in variants:
-        family = sorted(res.family(variant, res.main_width), key=lambda s: s["l0"])
-        style = "--" if variant.startswith("gated ") else "-"
-        ax.plot(
-            [s["l0"] for s in family],
-            [s[metric] for s in family],
-            style,
-            marker="o",
-            color=_color(variant),
-            label=variant,
-        )
-    if line is not None:
-        ax.axhline(1.0, color="grey", linestyle=":", label=line)
-    _log_l0_axis(ax, ylabel)
-    ax.legend(fontsize=9, loc="best")
-    ax.set_title(title)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("gamma", "gamma_centred"), strict=True):
+        if not res.measured(metric):
+            _not_measured(ax, LABELS[metric])
+            continue
+        for variant in res.variants(res.main_width):
+            family = res.families[(variant, res.main_width)]
+            _points(ax, family.points, metric, _color(variant), variant)
+        ax.axhline(1.0, color="grey", linestyle=":")
+        _log_l0_axis(ax, LABELS[metric])
+    fig.axes[0].legend(fontsize=8)
+    fig.suptitle(f"Shrinkage at d_sae = {res.main_width}: γ = 1 is unbiased, γ < 1 shrinks")
     return _png(fig)
-
-
-def plot_gamma(res: SweepResults) -> bytes | None:
-    """(c) γ against L0 per variant; γ < 1 is shrinkage."""
-    return _plot_vs_l0(
-        res,
-        "gamma",
-        "γ (relative reconstruction bias)",
-        f"Shrinkage at d_sae = {res.main_width}: γ = E‖x̂‖² / E[x·x̂]",
-        "γ = 1 (unbiased)",
-    )
 
 
 def plot_dead(res: SweepResults) -> bytes | None:
-    """(d) fraction of dead latents against L0 per variant."""
-    return _plot_vs_l0(
-        res,
-        "dead_fraction",
-        "dead-latent fraction",
-        f"Dead latents at d_sae = {res.main_width}",
-        None,
-    )
-
-
-def plot_width(res: SweepResults) -> bytes | None:
-    """(e) loss recovered against width at matched L0: gated, relu at equal width, and relu
-    1.5× wider (equal compute) drawn at the gated width it is matched with."""
-    data = width_families(res)
-    if len(data) < 2:
+    """Every run's dead fraction over the training stream's last window against its L0."""
+    rows = [r for r in res.rows if r["d_sae"] == res.main_width
+            and fmt.finite(r.get("train_dead_fraction")) and fmt.finite(r["l0"])]
+    if not rows:
         return None
-    fronts = [res.front(f) for d in data for f in (d.gated, d.relu, d.relu_wide)]
-    fronts = [f for f in fronts if f]
-    if not fronts:
-        return None
-    lo = max(f[0][0] for f in fronts)
-    hi = min(f[-1][0] for f in fronts)
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    widths = [d.width for d in data]
-    lines = (
-        (GATED, GATED, "-", [d.gated for d in data]),
-        (f"{BASELINE} (equal width)", BASELINE, "-", [d.relu for d in data]),
-        (f"{BASELINE} 1.5× wider (equal compute)", BASELINE, "--", [d.relu_wide for d in data]),
-    )
-    if lo <= hi:
-        l0 = math.sqrt(lo * hi)
-        for label, variant, style, families in lines:
-            ys = [interpolate_at(res.front(f), l0) if f else None for f in families]
-            ax.plot(
-                widths,
-                [math.nan if y is None else y for y in ys],
-                style,
-                marker="o",
-                color=_color(variant),
-                label=label,
-            )
-        ax.set_title(f"Width scaling at matched L0 ≈ {fmt.l0(l0)} (frontier interpolation)")
-    else:
-        levels = sorted({sparsity_level(s) for d in data for s in d.gated})
-        level = levels[len(levels) // 2]  # every width has gated rows, so levels is not empty
-        for label, variant, style, families in lines:
-            ys = [
-                next((s[res.metric] for s in f if sparsity_level(s) == level), math.nan)
-                for f in families
-            ]
-            ax.plot(widths, ys, style, marker="o", color=_color(variant), label=label)
-        ax.set_title(f"Width scaling at matched coefficient λ = {level:g} (no shared L0 range)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(widths, [str(w) for w in widths])
-    ax.set_xlabel("d_sae of the gated SAE (log scale; relu equal-compute point is 1.5× wider)")
-    ax.set_ylabel(_metric_label(res.metric))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
+    for variant in sorted({r["variant"] for r in rows}, key=variant_key):
+        mine = [r for r in rows if r["variant"] == variant]
+        ax.scatter([r["l0"] for r in mine], [r["train_dead_fraction"] for r in mine],
+                   color=_color(variant), label=variant, s=18)
+    ax.axhline(DEAD_LIMIT, color="grey", linestyle=":", label="excluded above")
+    _log_l0_axis(ax, "dead fraction over the training stream's last window")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Dead latents at d_sae = {res.main_width} (every run)")
     return _png(fig)
+
+
+def plot_width(fits: list[WidthFit]) -> bytes | None:
+    """FVU at fixed L0 against the number of latents, with the fitted law."""
+    if not fits:
+        return None
+    variants = list(dict.fromkeys(f.variant for f in fits))
+    fig = Figure(figsize=(6 * len(variants), 5), layout="constrained")
+    for ax, variant in zip(fig.subplots(1, len(variants), squeeze=False)[0], variants,
+                           strict=True):
+        for i, fit in enumerate(f for f in fits if f.variant == variant):
+            color = f"C{i}"
+            values = [iv.value for iv in fit.fvu]
+            errors = np.array([[max(iv.value - iv.low, 0), max(iv.high - iv.value, 0)]
+                               if fmt.finite(iv.low) else [0, 0] for iv in fit.fvu]).T
+            ax.errorbar(fit.widths, values, yerr=errors, fmt="o", color=color, capsize=3,
+                        label=f"L0 {fmt.l0(fit.l0)}")
+            if fit.law is not None:
+                n = np.geomspace(min(fit.widths), max(fit.widths), 50)
+                ax.plot(n, fit.law.at(n), "-", color=color,
+                        label=f"fit, b = {fmt.num(fit.law.b[0], 2)}")
+        ax.set_xscale("log", base=2)
+        widths = sorted({w for f in fits if f.variant == variant for w in f.widths})
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.set_xlabel("number of latents n (log scale)")
+        ax.set_ylabel(LABELS["fvu"])
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        ax.set_title(f"{variant}: FVU(n) = a·n^(−b) + c at fixed L0")
+    return _png(fig)
+
+
+def plot_curves(res: SweepResults, metric: str) -> bytes | None:
+    """Held-out `metric` against training tokens, one panel per family, one line per run
+    of its frontier points (dashed: fails the convergence criterion)."""
+    if res.curves is None:
+        return None
+    families = [f for f in res.families.values()
+                if any(r["name"] in res.curves for c in f.points for r in c.runs)]
+    if not families:
+        return None
+    cols = min(4, len(families))
+    rows = math.ceil(len(families) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, family in zip(axes, families, strict=False):
+        _curve_panel(ax, res, family, metric)
+    for ax in axes[len(families):]:
+        ax.set_axis_off()
+    fig.suptitle(f"Training curves: held-out {fmt.metric(metric)} against tokens "
+                 "(frontier points; dashed: fails the convergence criterion)")
+    return _png(fig)
+
+
+def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
+    for i, c in enumerate(family.points):
+        for run in c.runs:
+            points = [p for p in res.curves.get(run["name"], []) if fmt.finite(p[metric])]
+            ax.plot([p["tokens"] for p in points], [p[metric] for p in points],
+                    "--" if run.get("converged") == 0 else "-", color=f"C{i}", linewidth=1,
+                    label=fmt.level(c) if run is c.runs[0] else None)
+    ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(fmt.metric(metric))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)

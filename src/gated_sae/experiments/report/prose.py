@@ -1,322 +1,314 @@
-"""The report's sentences, each written from the findings (findings.py): what was compared,
-where, by how much, and the verdict against seed noise."""
+"""The report's sentences, each written from the findings: the answer first, then where and by
+how much, with the bootstrap interval and its verdict."""
 
 from __future__ import annotations
 
-from ..pareto import Comparison
+from ..pareto import MATCHED_L0S, MAX_GAP, MIN_READABLE
 from . import formatting as fmt
-from .findings import (
-    GAMMA_TOLERANCE,
-    IMPROVES,
-    MATTERS_EVERYWHERE,
-    NO_SIGN,
-    NO_WIDTH,
-    NOISE_UNKNOWN,
-    Q2,
-    Q3,
-    SOME_WIDTHS,
-    UNSTEADY,
-    WORSENS,
-    Ablation,
-    BMag,
-    Hold,
-    LrSweep,
-    Shrinkage,
-    WidthMargin,
-    middle,
-    tally,
-)
+from .analysis import Findings
+from .findings import MIN_SEEDS, Q1, Q2, Ablation, Difference, Rival, Shrinkage, outcome, split
+from .model import CONVERGENCE_LIMIT, DEAD_LIMIT, SweepResults
+from .stats import CONFIDENCE, REPLICATES
+from .width import Q3, WidthFit
 
-COMPARISON_RULE = (
-    "Two SAE families are compared at matched L0: each family's points (every learning rate "
-    "and sparsity level it was trained at, mean over seeds) give an L0–fidelity Pareto "
-    "frontier, so at each L0 a family is credited with the best any of its learning rates "
-    "reached. Frontiers are interpolated linearly in log L0 and read at the two ends and the "
-    "geometric middle of the L0 range both cover. Where two frontiers share no L0 range "
-    "they are compared at matched sparsity coefficient instead (each family's best row at "
-    "that level), and the text says so. Seed noise is measured at matched "
-    "L0 too: for each family, every seed run at a shared learning rate gets its own "
-    "frontier, and the noise is the largest spread (max − min over seeds) of those "
-    "frontiers at the L0s they all cover (at matched λ the seeds' L0s differ, which is not "
-    "noise). A difference Δ is called **within seed noise** when |Δ| ≤ the larger seed "
-    "noise of the two families; where neither family has two seeds the noise is unknown "
-    "and the text says so."
-)
-# What each gated ablation changes, as the subject of a sentence.
-ABLATION_CHANGES = {
-    "gated no b_mag": "fixing b_mag at zero",
-    "gated no r_mag": "removing r_mag (W_mag = W_gate)",
-    "gated untied": "untying W_mag from W_gate",
-    "gated RI-L1": "the RI-L1 loss",
+ABLATION_NAMES = {
+    "gated no b_mag": "gated without b_mag",
+    "gated no r_mag": "gated without r_mag (W_mag = W_gate)",
+    "gated untied": "gated with W_mag untied from W_gate",
+    "gated RI-L1": "gated with the RI-L1 loss",
 }
-
-TREND_WORDS = {
-    IMPROVES: "improves as d_sae grows",
-    WORSENS: "worsens as d_sae grows",
-    UNSTEADY: "does not move steadily with d_sae",
-}
-
-# --- comparisons ----------------------------------------------------------------------------
+DIRECTION = "higher loss recovered is better, lower Δloss (nats per token) and FVU are better"
 
 
-def where(c: Comparison) -> str:
-    """'L0 ≈ 40', or the sparsity level when compared at matched coefficient."""
-    if c.level is None:
-        return f"L0 ≈ {fmt.l0(c.l0_ref)}"
-    return f"λ = {c.level:g} (matched coefficient; L0 {fmt.l0(c.l0_ref)} vs {fmt.l0(c.l0_alt)})"
+def methods(res: SweepResults, findings: Findings) -> list[str]:
+    """How the report compares, how sure it is, and how many comparisons it made."""
+    grid = ", ".join(fmt.l0(x) for x in MATCHED_L0S)
+    t = findings.tally
+    return [
+        "**Frontiers.** A family is one variant at one width. At each sparsity level it takes "
+        "the learning rate with the best mean loss recovered over its seeds, among the "
+        "learning rates swept there; a choice at either end of the swept range is flagged. "
+        f"Runs with more than {DEAD_LIMIT:.0%} of their latents dead over the last "
+        + (f"{', '.join(fmt.count(t) for t in res.dead_window)} tokens"
+           if res.dead_window else "window")
+        + " of the training stream are set apart (\"Excluded runs\") and are on no frontier. Two "
+        "frontiers are compared at matched L0, never at matched λ: each is read linearly in "
+        f"log L0 between adjacent levels at most {MAX_GAP}× apart, only inside the L0 range "
+        f"both cover, at the L0s of one grid for the whole report ({grid}) that both can be "
+        f"read at in at least {MIN_READABLE:.0%} of the bootstrap replicates. Fidelity is given "
+        f"three ways ({DIRECTION}).",
+        f"**Uncertainty.** {_basis(res)} Each interval is the central {CONFIDENCE:.0%} of "
+        f"{REPLICATES:,} bootstrap replicates (percentiles). A difference is a finding when "
+        "its interval excludes zero (a ratio: one); otherwise the verdict is **no detectable "
+        f"difference at this budget**, with the interval. Verdicts resting on fewer than "
+        f"{MIN_SEEDS} seeds are marked indicative.",
+        f"**Multiple comparisons.** This report judges {t.made} intervals against their null. "
+        f"Were every null true, about {t.by_chance:.0f} of them "
+        f"({1 - CONFIDENCE:.0%}) would exclude it by chance; {t.excluded} do."
+        if t.made else "**Multiple comparisons.** No interval could be judged.",
+        f"**Convergence.** An SAE has converged when its held-out loss recovered moved by less "
+        f"than {CONVERGENCE_LIMIT} over the last quarter of training. Configurations with a run "
+        f"that fails it are marked {fmt.UNCONVERGED_MARK} in every table and drawn hollow in "
+        "every figure.",
+    ]
 
 
-def _noise_clause(c: Comparison) -> str:
-    if c.noise is None:
-        return "with one seed per family the seed noise is unknown."
-    return f"the seed spread at matched L0 is {c.noise:.3f}, so the difference is {c.verdict}."
-
-
-def _deltas(comparisons: list[Comparison]) -> str:
-    return ", ".join(fmt.delta(c.delta) for c in comparisons)
-
-
-def change_sentence(c: Comparison, change: str, metric_name: str) -> str:
-    """'At L0 ≈ 40, fixing b_mag at zero lowers loss recovered from 0.912 to 0.897 …'."""
-    if c.delta == 0:
-        effect = f"leaves {metric_name} unchanged at {fmt.num(c.ref)}"
-    else:
-        verb = "raises" if c.delta > 0 else "lowers"
-        effect = f"{verb} {metric_name} from {fmt.num(c.ref)} to {fmt.num(c.alt)}"
-    return f"At {where(c)}, {change} {effect} (Δ {fmt.delta(c.delta)}); {_noise_clause(c)}"
-
-
-def versus_sentence(c: Comparison, ref: str, alt: str, metric_name: str) -> str:
+def _basis(res: SweepResults) -> str:
+    if res.uncovered:
+        return (
+            f"heldout.npz has no per-window sums for {fmt.plural(len(res.uncovered), 'run')} "
+            f"(`{res.uncovered[0]}`, …), so only the seeds are resampled: a configuration "
+            "with one seed has no interval."
+        )
+    if not res.windows:
+        return (
+            "Without per-window sums (heldout.npz) only the seeds are resampled: a "
+            "configuration with one seed has no interval."
+        )
+    windows, tokens, lm_windows, predictions = res.held_out
     return (
-        f"At {where(c)}, {alt} reaches {metric_name} {fmt.num(c.alt)} against {ref}'s "
-        f"{fmt.num(c.ref)} (Δ {fmt.delta(c.delta)}); {_noise_clause(c)}"
+        f"The held-out set: {windows} windows ({tokens:,} activation tokens); the LM metrics "
+        f"on the first {lm_windows} of them ({predictions:,} predictions). "
+        "One bootstrap replicate draws the held-out windows with replacement, the same windows "
+        "for every SAE (so comparisons are paired; the LM metrics' windows, the first of them, "
+        "are drawn as a sample of their own), and each configuration's seeds with "
+        "replacement; a metric is then recomputed from the per-window sums and averaged over "
+        "the drawn seeds. The choice of learning rate per level is made once, on the data."
     )
 
 
-def basis(comparisons: list[Comparison]) -> str:
-    if comparisons[0].level is None:
-        return "at matched L0 (" + ", ".join(fmt.l0(c.l0_ref) for c in comparisons) + ")"
-    return "at matched sparsity coefficient (the frontiers share no L0 range)"
+# --- differences ----------------------------------------------------------------------------
 
 
-def _tally(comparisons: list[Comparison]) -> str:
-    """'larger than seed noise at 2 of 3 points', or why the noise is unknown."""
-    beyond, known = tally(comparisons)
-    if not known:
-        return "seed noise unknown, one seed per family"
-    if not beyond:
-        return f"within seed noise at all {known} points"
-    return f"larger than seed noise at {beyond} of {known} points"
+def _span(ds: list[Difference], ratio: bool = False) -> str:
+    if len(ds) == 1:
+        return ("ratio " if ratio else "Δ ") + fmt.interval(ds[0].delta, sign=not ratio)
+    write = fmt.num if ratio else fmt.signed
+    values = sorted({write(d.delta.value) for d in ds}, key=lambda t: t.replace("−", "-"))
+    lows = [d.delta.low for d in ds if fmt.finite(d.delta.low)]
+    highs = [d.delta.high for d in ds if fmt.finite(d.delta.high)]
+    span = values[0] if len(values) == 1 else f"{values[0]} to {values[-1]}"
+    text = f"{'ratio' if ratio else 'Δ'} {span}"
+    if lows:
+        text += f", intervals within [{write(min(lows))}, {write(max(highs))}]"
+    return text
+
+
+def _values(ds: list[Difference]) -> str:
+    """'20, 40 and 80': where the differences were taken (L0s, or fidelities)."""
+    write = fmt.l0 if ds[0].at_metric == "l0" else fmt.num
+    return fmt.series(list(dict.fromkeys(write(d.at) for d in sorted(ds, key=lambda d: d.at))))
+
+
+def _places(ds: list[Difference]) -> str:
+    """'L0 20, 40 and 80', or 'loss recovered 0.80 and 0.85'."""
+    return f"{fmt.metric(ds[0].at_metric)} {_values(ds)}"
+
+
+def compare_sentence(ds: list[Difference], metric: str, alt: str, ref: str) -> str:
+    """Where `alt` is better, worse, or not detectably different from `ref` on `metric`."""
+    groups = split([d for d in ds if d.metric == metric])
+    words = {
+        "better": f"{alt} is better than {ref}",
+        "worse": f"{alt} is worse than {ref}",
+        "none": "no detectable difference at this budget",
+        "unknown": "no interval (one seed, no per-window sums)",
+    }
+    parts = [f"{words[k]} at {_places(g)} ({_span(g)})" for k, g in groups.items() if g]
+    return f"on {fmt.metric(metric)}, " + "; ".join(parts) if parts else ""
+
+
+def seeds_note(seeds: int) -> str:
+    if seeds >= MIN_SEEDS:
+        return f"{seeds} seeds or more at every point"
+    return f"indicative: {seeds} seed{'s' * (seeds != 1)} at some point"
 
 
 # --- Q1 -------------------------------------------------------------------------------------
 
 
-def change(variant: str) -> str:
-    """What an ablation changes, as the subject of a sentence."""
-    return ABLATION_CHANGES.get(variant, f"the {variant} variant")
+def ablation_name(variant: str) -> str:
+    return ABLATION_NAMES.get(variant, variant)
 
 
-def lr_note(ablation: Ablation) -> str:
-    named = ", ".join(fmt.lr(x) for x in ablation.lrs)
-    if ablation.gated_at_same_lrs:
-        return f"both at lr {named}"
-    return f"the ablation at lr {named}, gated at its best lr (not trained at {named})"
+def answer_q1(q1: Q1, metric: str) -> str:
+    a = q1.b_mag
+    if a is None:
+        return f"**Answer:** the b_mag ablation (gated no b_mag) was {fmt.NOT_MEASURED}."
+    lead = {
+        "worse": "b_mag matters in this sweep",
+        "better": "b_mag is not needed in this sweep: the ablation does better",
+        "mixed": "it depends on L0",
+        "none": "no detectable effect of b_mag at this budget",
+        "unknown": "not settled: there is no interval",
+        "": "no L0 at which the two frontiers can be compared",
+    }[outcome([d for d in a.differences if d.metric == metric])]
+    detail = compare_sentence(a.differences, metric, ablation_name(a.variant), "gated")
+    return f"**Answer:** {lead}" + (f": {detail}" if detail else "") + f" ({seeds_note(a.seeds)})."
 
 
-def ablation_sentence(ablation: Ablation, metric_name: str) -> str:
-    """One line per ablation: its Δs at the compared points and how many exceed the noise."""
-    comparisons = ablation.comparisons
-    if not comparisons:
-        return f"{change(ablation.variant)}: nothing shared with gated to compare at."
-    if comparisons[0].level is None:
-        at = "L0 ≈ " + fmt.series([fmt.l0(c.l0_ref) for c in comparisons])
-    else:
-        at = "matched coefficient λ = " + fmt.series([f"{c.level:g}" for c in comparisons])
-    return (
-        f"{change(ablation.variant)}: Δ {_deltas(comparisons)} in {metric_name} at "
-        f"{at} ({lr_note(ablation)}; {_tally(comparisons)})."
-    )
-
-
-def b_mag_summary(b_mag: BMag, metric_name: str) -> str:
-    deltas = _deltas(b_mag.comparisons)
-    if b_mag.verdict == NOISE_UNKNOWN:
-        return (
-            f"**In short:** fixing b_mag at zero changes {metric_name} by {deltas} at the "
-            "compared points; with one seed per family the seed noise is unknown, so this sweep "
-            "cannot tell whether b_mag matters."
-        )
-    if b_mag.verdict == NO_SIGN:
-        return (
-            f"**In short:** fixing b_mag at zero changes {metric_name} by {deltas} at the "
-            "compared points, every difference within seed noise: this sweep finds no sign that "
-            f"b_mag is needed, down to the seed noise of {b_mag.noise:.3f}."
-        )
-    direction = "costs" if b_mag.costs else "changes"
-    if b_mag.verdict == MATTERS_EVERYWHERE:
-        return (
-            f"**In short:** fixing b_mag at zero {direction} {metric_name} ({deltas}), by more "
-            "than seed noise at every compared point: in this sweep b_mag matters."
-        )
-    at = fmt.series([where(c) for c in b_mag.beyond])
-    return (
-        f"**In short:** fixing b_mag at zero {direction} {metric_name} ({deltas}), by more "
-        f"than seed noise only at {at} ({len(b_mag.beyond)} of {len(b_mag.comparisons)} "
-        "compared points) and within it elsewhere: in this sweep b_mag matters there and "
-        "nowhere else."
-    )
+def ablation_sentence(a: Ablation, metric: str) -> str:
+    lrs = ", ".join(fmt.lr(x) for x in sorted({c.lr for c in a.ablated.points}))
+    at = "gated at the same lrs" if a.same_lrs else "gated at its own best lr"
+    detail = compare_sentence(a.differences, metric, ablation_name(a.variant), "gated")
+    return f"{ablation_name(a.variant)} (lr {lrs}; {at}): {detail or 'no shared L0'} " \
+        f"({seeds_note(a.seeds)})."
 
 
 # --- Q2 -------------------------------------------------------------------------------------
 
 
-def lr_sweep_sentence(sweep: LrSweep) -> str:
-    if len(sweep.lrs) < 2:
-        return (
-            f"{sweep.arch}: only lr {fmt.lr(sweep.lrs[0])} was trained, so its learning rate "
-            "was not swept."
-        )
-    by_lr: dict[float, list[str]] = {}
-    for s in sweep.best:
-        by_lr.setdefault(s["lr"], []).append(fmt.level(s))
-    best = "; ".join(f"{fmt.lr(x)} at {fmt.series(levels)}" for x, levels in sorted(by_lr.items()))
-    text = f"{sweep.arch}: swept lr {', '.join(fmt.lr(x) for x in sweep.lrs)}; best lr {best}."
-    for end, at_edge in (("smallest", sweep.best_at_smallest), ("largest", sweep.best_at_largest)):
-        if at_edge:
-            text += (
-                f" At {fmt.series([fmt.level(s) for s in at_edge])} the best lr is the {end} "
-                "swept, so the optimum may lie outside the range."
-            )
-    return text
-
-
-def best_lrs_sentence(best_lrs: list[tuple[dict, float, float]]) -> str:
-    if not best_lrs:
-        return "relu and gated share no sparsity level, so their best lrs cannot be compared."
-    differs = sum(relu != gated for _, relu, gated in best_lrs)
-    pairs = "; ".join(
-        f"{fmt.level(s)}: relu {fmt.lr(relu)}, gated {fmt.lr(gated)}" for s, relu, gated in best_lrs
-    )
-    if not differs:
-        return f"The best lr is the same for relu and gated at every shared level ({pairs})."
+def answer_q2(q2: Q2, res: SweepResults, metric: str) -> str:
+    swept = {f.variant: len({x for c in f.points for x in c.lrs}) for f in (q2.relu, q2.gated)}
+    detail = compare_sentence(q2.differences, metric, "gated", "relu")
+    ratio = ratio_sentence(q2.ratios, "loss_recovered") or ratio_sentence(q2.ratios, "fvu")
     return (
-        f"The best lr differs between relu and gated at {differs} of {len(best_lrs)} shared "
-        f"sparsity levels ({pairs}), so a single shared lr would have favoured one of them."
+        f"**Answer:** with relu's lr swept over {swept['relu']} values and gated's over "
+        f"{swept['gated']}, each at its own best lr per level: "
+        + (detail or "the frontiers share no L0 to compare at")
+        + f" ({seeds_note(min(q2.relu.seeds, q2.gated.seeds))})."
+        + (f" {ratio}" if ratio else "")
     )
 
 
-def q2_summary(q2: Q2, metric_name: str, sign: int) -> str:
-    relu, gated = q2.lr_counts
-    swept = (
-        "Both were swept" if min(relu, gated) >= 2 else "Not both were swept"
-    ) + f": relu over {relu} learning rate{'s' * (relu != 1)}, gated over {gated}"
-    comparisons = q2.frontier
-    if not comparisons:
-        return f"**In short:** {swept}. Relu and gated share no L0 range or sparsity level."
-    ahead = "all" if q2.gated_ahead == len(comparisons) else f"{q2.gated_ahead} of"
-    side = "above relu's" if sign > 0 else "below relu's (lower FVU is better)"
+def ratio_sentence(ratios: list[Difference], metric: str) -> str:
+    """The paper's framing: gated's L0 as a fraction of relu's at equal fidelity."""
+    ds = [d for d in ratios if d.at_metric == metric]
+    if not ds:
+        return ""
+    verdicts = {"better": "fewer", "worse": "more", "none": "not detectably fewer or more"}
+    key = outcome(ds)
+    word = verdicts.get(key, "an undetermined number of")
     return (
-        f"**In short:** {swept}. With each architecture's frontier taken over all its learning "
-        f"rates, gated's frontier lies {side} at {ahead} {len(comparisons)} compared points "
-        f"{basis(comparisons)}, by {_deltas(comparisons)} in {metric_name} "
-        f"({_tally(comparisons)})."
+        f"At equal {fmt.metric(metric)} ({_values(ds)}) gated needs "
+        f"{word} active latents than relu: L0_gated / L0_relu = {_span(ds, ratio=True)} "
+        f"(the paper: about one half)."
     )
 
 
-def shared_lr_sentence(shared: list[tuple[float, Comparison]]) -> str:
+def edge_sentences(res: SweepResults, variants: list[str], width: int) -> list[str]:
+    out = []
+    for variant in variants:
+        family = res.families.get((variant, width))
+        for end in ("smallest", "largest"):
+            at = [c for c in family.points if c.edge == end] if family else []
+            if at:
+                out.append(
+                    f"{variant}: the chosen lr is the {end} swept at "
+                    f"{fmt.series([fmt.level(c) for c in at])}, so the best lr may lie "
+                    "outside the range."
+                )
+    return out
+
+
+def shrinkage_sentence(s: Shrinkage) -> str:
+    def count(tests):
+        values = [d.alt.value for d in tests]
+        if all(d.verdict == "no interval" for d in tests):
+            return f"{min(values):.3f}–{max(values):.3f} (no interval)"
+        below = sum(d.verdict == "lower" for d in tests)
+        above = sum(d.verdict == "higher" for d in tests)
+        return (f"{min(values):.3f}–{max(values):.3f}, below 1 at {below} and above 1 at "
+                f"{above} of {len(tests)} levels")
+
+    text = f"{s.family.variant}: γ {count(s.gamma)}" if s.gamma else f"{s.family.variant}: γ n/a"
+    return text + (f"; centred γ {count(s.centred)}." if s.centred else ".")
+
+
+def shrinkage_verdict(q2: Q2) -> str:
+    reproduces = q2.reproduces_shrinkage
+    if reproduces is None:
+        return f"The paper's shrinkage finding: {fmt.NOT_MEASURED} with intervals."
     return (
-        "Had both used one shared learning rate, the margin at the middle of the compared "
-        "points would be: "
-        + "; ".join(
-            f"both at lr {fmt.lr(x)}, gated − relu = {fmt.delta(c.delta)} at {where(c)}"
-            for x, c in shared
-        )
-        + "."
+        "The paper's shrinkage finding (relu's γ below 1, gated's not) "
+        + ("reproduces" if reproduces else "does not reproduce")
+        + " here. The paper's γ is uncentred: the mean of x inflates both of its terms, so "
+        "the centred γ shows the shrinkage of the varying part."
     )
-
-
-def shrinkage_sentences(found: Shrinkage | None) -> list[str]:
-    if found is None:
-        return [f"γ of relu and gated at every sparsity level: {fmt.NOT_MEASURED}."]
-
-    def values(family):
-        return ", ".join(f"{fmt.num(s['gamma'])} at {fmt.level(s)}" for s in family)
-
-    return [
-        f"Gated γ: {values(found.gated)}: "
-        + ("within" if found.gated_near_one else "not all within")
-        + f" {GAMMA_TOLERANCE} of 1.",
-        f"Relu γ: {values(found.relu)}: "
-        + ("below 1 at every level" if found.relu_below_one else "at or above 1 at some level")
-        + ("; falling as λ grows." if found.relu_falling else "; not falling steadily as λ grows."),
-        "The paper's shrinkage finding (gated γ ≈ 1, relu γ < 1) "
-        + ("reproduces" if found.reproduces else "does not reproduce")
-        + f" here. Mean shrinkage 1 − γ over the sparsity levels: relu {fmt.num(found.relu_mean)}"
-        f", gated {fmt.num(found.gated_mean)}.",
-    ]
 
 
 # --- Q3 -------------------------------------------------------------------------------------
 
 
-def widths_sentence(q3: Q3) -> str:
-    sizes = [f"{v}: " + ", ".join(str(w) for w in widths) for v, widths in q3.widths.items()]
-    text = "Widths trained (d_sae): " + "; ".join(sizes) + "."
-    if q3.d_in:
-        ratios = ", ".join(f"{x:g}" for x in q3.expansion)
-        text += f" d_in = {q3.d_in}, so the expansion factors d_sae/d_in are {ratios}."
-    return text
+def fit_sentence(fit: WidthFit) -> str:
+    widths = fmt.series([str(w) for w in fit.widths])
+    if fit.law is None:
+        return (f"{fit.variant} at L0 {fmt.l0(fit.l0)}: {len(fit.widths)} widths ({widths}) "
+                "are too few to fit three parameters.")
+    flagged = (f"; d_sae {fmt.series([str(w) for w in fit.unconverged])}: a point failing "
+               "the convergence criterion" if fit.unconverged else "")
+    return (
+        f"{fit.variant} at L0 {fmt.l0(fit.l0)}: FVU(n) = a·n^(−b) + c with "
+        f"b = {fmt.interval(fit.exponent, 2)} and c = {fmt.interval(fit.irreducible)}, resting "
+        f"on {len(fit.widths)} widths ({widths}) for 3 parameters{flagged}."
+    )
 
 
-def width_line(margins: list[WidthMargin], metric_name: str) -> str:
-    """One gated width against relu, in both settings."""
-    parts = []
-    for m in margins:
-        if not m.comparisons:
-            parts.append(f"{m.setting}: {fmt.NOT_MEASURED}")
-            continue
-        c = middle(m.comparisons)
-        parts.append(
-            f"{m.setting}, against relu d_sae = {m.relu_width}: {fmt.delta(c.delta)} at "
-            f"{where(c)}, {c.verdict}"
+def answer_q3(q3: Q3) -> str:
+    if not q3.fit_l0s:
+        return f"**Answer:** relu or gated at two or more widths were {fmt.NOT_MEASURED}."
+    if not q3.fits:
+        return (
+            "**Answer:** not settled: no L0 can be read on every width's frontier (their L0 "
+            f"ranges do not overlap, or their levels are more than {MAX_GAP}× apart), so "
+            "no width law is fitted" + (f"; {_width_check(q3)}." if q3.steps else ".")
         )
-    return f"d_sae = {margins[0].width}, gated − relu {metric_name}: " + "; ".join(parts) + "."
+    exponents = [
+        f"{f.variant}'s b = {fmt.interval(f.exponent, 2)} at L0 {fmt.l0(f.l0)}"
+        for f in q3.fits if f.law is not None
+    ]
+    law = ("FVU falls with the number of latents n as a·n^(−b) + c with "
+           + fmt.series(exponents) + "; " if exponents else "")
+    return f"**Answer:** {law}{_width_check(q3)}."
 
 
-def hold_sentence(hold: Hold) -> str:
-    if hold.verdict is None:
-        return f"At {hold.setting}: {fmt.NOT_MEASURED}."
-    margins = ", ".join(f"{fmt.delta(c.delta)} at {w}" for w, c in hold.margins)
-    if hold.verdict == SOME_WIDTHS:
-        verdict = f"gated leads at d_sae {fmt.series([str(w) for w in hold.ahead])} only"
-    elif hold.verdict == NO_WIDTH:
-        verdict = "gated does not lead beyond seed noise at any width"
-    else:
-        verdict = "gated leads at every width trained"
-    noise = " (seed noise unknown)" if hold.noise_unknown else ""
-    return f"At {hold.setting}, {verdict}{noise}: margins {margins}."
+def _width_check(q3: Q3) -> str:
+    falls = [s for s in q3.steps if s.falls]
+    compared = [s for s in q3.steps if s.differences]
+    if not compared:
+        return "no adjacent pair of widths can be compared at matched L0 either"
+    if not falls:
+        return ("at matched L0 no family's fidelity falls with width beyond its interval "
+                f"({len(compared)} of {len(q3.steps)} adjacent pairs of widths compared)")
+    return ("fidelity falls with width beyond its interval for "
+            + fmt.series([f"{s.variant} {s.narrow} → {s.wide}" for s in falls])
+            + ": those wider SAEs are undertrained (give them more tokens per latent)")
 
 
-def trend_text(q3: Q3, metric_name: str) -> str | None:
-    """How each architecture's own fidelity moves with width; with a caveat when it worsens."""
-    sentences = []
-    for t in q3.trends:
-        listed = fmt.series([f"{fmt.num(v)} at {w}" for w, v in t.values])
-        sentences.append(
-            f"At L0 ≈ {fmt.l0(t.l0)}, {t.variant}'s {metric_name} is {listed}: it "
-            f"{TREND_WORDS[t.direction]}."
-        )
-    if not sentences:
-        return None
-    if any(t.direction == WORSENS for t in q3.trends):
-        budget = f"the same {q3.tokens:,} tokens" if q3.tokens is not None else "the same tokens"
-        sentences.append(
-            f"Every width trained on {budget}, so a wider dictionary has fewer tokens per "
-            "latent: fidelity falling with width at a fixed budget points to undertraining, "
-            "not to a dictionary that is too large. At equal width gated and relu share that "
-            "handicap; at equal compute the relu is 1.5× wider and so further from converged, "
-            "which flatters gated's equal-compute margins. A longer run (`--preset paper`) "
-            "shows whether the margins hold once the wide SAEs converge."
-        )
-    return " ".join(sentences)
+# --- Q4, training, what is open -------------------------------------------------------------
+
+
+def rival_sentence(r: Rival, metric: str) -> str:
+    detail = compare_sentence(r.differences, metric, r.variant, "gated")
+    seeds = r.family.seeds
+    note = (f"{r.variant} ran {seeds} seed{'s' * (seeds != 1)}: its intervals cover the "
+            "held-out windows, not its seeds" if seeds < 2 else seeds_note(seeds))
+    return f"{detail[0].upper() + detail[1:] if detail else 'No shared L0 with gated'} ({note})."
+
+
+def unsettled_items(findings: Findings, metric: str) -> list[str]:
+    u = findings.unsettled
+    items = []
+    if u.b_mag:
+        items.append("Whether b_mag matters: " + compare_sentence(u.b_mag, metric, "gated "
+                     "without b_mag", "gated") + ".")
+    if u.gated_relu:
+        groups = sorted({fmt.metric(d.metric) for d in u.gated_relu})
+        items.append(f"Gated against relu on {fmt.series(groups)} at "
+                     f"{_places(u.gated_relu)}: no detectable difference at this budget.")
+    if u.ratios:
+        items.append(f"The L0 ratio at {len(u.ratios)} matched fidelities: its interval "
+                     "contains one.")
+    if u.indicative:
+        items.append(f"{fmt.series(u.indicative)}: fewer than {MIN_SEEDS} seeds, so their "
+                     "verdicts are indicative.")
+    for fit in u.thin_fits:
+        items.append(f"The width law of {fit.variant} rests on {len(fit.widths)} widths for "
+                     "3 parameters: it cannot show that the form fits.")
+    items += [f"{step.variant} gets worse from d_sae {step.narrow} to {step.wide} at matched "
+              "L0: the wider SAE needs more tokens." for step in u.falling]
+    points = ((u.unconverged, "with a run failing the convergence criterion: its fidelity "
+               "was still moving"),
+              (len(u.edges), "at the smallest or largest lr swept: a wider lr range could "
+               "move it"))
+    return items + [f"{fmt.plural(n, 'frontier point')} {why}." for n, why in points if n]

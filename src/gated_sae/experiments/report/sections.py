@@ -1,239 +1,236 @@
-"""The report's sections as blocks (render.py): each question's headline, its supporting
-sentences (prose.py) and tables, the results table, and how the sweep was run."""
+"""The report's question sections as blocks (render.py): each answer (prose.py), its evidence
+as tables of estimates with intervals, and its figures. Figures are given as {file name: PNG
+or None}; a None figure becomes a 'not measured' line."""
 
 from __future__ import annotations
 
-import shlex
-from pathlib import Path
-
-import yaml
-
-from ..pareto import sparsity_level
 from . import formatting as fmt
 from . import prose
-from .findings import Q1, Q2, Q3, LrGrid
-from .model import BASELINE, GATED, SweepResults, finite
+from .findings import Q1, Q2, Difference, Rival
+from .model import BASE_ARCHS, BASELINE, GATED, SweepResults
 from .render import Block
+from .width import Q3
+
+Images = dict[str, bytes | None]
 
 
-def results_table(res: SweepResults) -> list[Block]:
-    head = ["variant", "sparsity", "best lr", "seeds", "L0", "FVU", "loss recovered", "γ", "dead"]
-    body = [
-        [
-            s["variant"],
-            fmt.level(s),
-            fmt.lr(s["lr"]),
-            str(s["n_seeds"]),
-            fmt.with_spread(s, "l0", 1),
-            fmt.with_spread(s, "fvu"),
-            fmt.with_spread(s, "loss_recovered"),
-            fmt.with_spread(s, "gamma"),
-            fmt.num(s["dead_fraction"]),
-        ]
-        for v in res.variants(res.main_width)
-        for s in res.family(v, res.main_width)
-    ]
-    return [
-        ("h2", f"Results at the main width (d_sae = {res.main_width})"),
-        (
-            "p",
-            "Each variant at its best learning rate per sparsity level, mean over seeds; "
-            "in brackets the seed spread (max − min) where there are several seeds.",
-        ),
-        ("table", head, body),
-    ]
+def figure(images: Images, name: str, heading: str, caption: str) -> list[Block]:
+    if images.get(name) is None:
+        return [("p", f"{heading}: {fmt.NOT_MEASURED}.")]
+    return [("img", name, caption)]
+
+
+def _verdict(d: Difference, alt: str, ref: str) -> str:
+    if d.alt_better is None:
+        return d.verdict
+    return f"{alt if d.alt_better else ref} better".replace(fmt.UNCONVERGED_MARK, "")
+
+
+def difference_table(rows: list[tuple[str, str, Difference]], ref_head: str,
+                     alt_head: str) -> list[Block]:
+    """One row per difference: (alt name, ref name, difference); nothing without rows.
+    Names carry the unconverged mark of their family (`fmt.family`)."""
+    body = []
+    for alt, ref, d in rows:
+        digits = 1 if d.metric == "l0" else 3
+        body.append([
+            f"{alt} / {ref}" if d.null else f"{alt} − {ref}",
+            fmt.metric(d.metric),
+            fmt.where(d.at_metric, d.at),
+            fmt.interval(d.ref, digits),
+            fmt.interval(d.alt, digits),
+            fmt.interval(d.delta, 3, sign=not d.null),
+            _verdict(d, alt, ref),
+        ])
+    delta = "Δ or ratio [95% interval]"
+    head = ["compared", "metric", "at", ref_head, alt_head, delta, "verdict"]
+    return [("table", head, body)] if body else []
 
 
 # --- Q1 -------------------------------------------------------------------------------------
 
 
-def section_q1(q1: Q1, metric_name: str) -> list[Block]:
+def section_q1(q1: Q1, res: SweepResults) -> list[Block]:
     blocks: list[Block] = [("h2", "Q1. Is b_mag still necessary in the Gated SAE?")]
     if not q1.ablations:
         return [*blocks, ("p", f"The gated ablations were {fmt.NOT_MEASURED}.")]
-    summary = f"The b_mag ablation (gated no b_mag) was {fmt.NOT_MEASURED}."
-    details: list[Block] = []
-    if q1.b_mag is not None:
-        b_mag = next(a for a in q1.ablations if a.variant == "gated no b_mag")
-        comparisons = q1.b_mag.comparisons
-        summary = prose.b_mag_summary(q1.b_mag, metric_name)
-        details += [
-            (
-                "p",
-                f"At d_sae = {q1.width}, {prose.lr_note(b_mag)}, compared "
-                f"{prose.basis(comparisons)}:",
-            ),
-            (
-                "ul",
-                [
-                    prose.change_sentence(c, prose.change(b_mag.variant), metric_name)
-                    for c in comparisons
-                ],
-            ),
-        ]
-    others = [
-        prose.ablation_sentence(a, metric_name)
-        for a in q1.ablations
-        if a.variant != "gated no b_mag"
-    ]
-    if others:
-        details += [("h3", "The other ablations, against gated"), ("ul", others)]
-    return [*blocks, ("p", summary), *details, *_ablation_table(q1)]
-
-
-def _ablation_table(q1: Q1) -> list[Block]:
-    head = ["sparsity", "variant", "lr", "L0", "FVU", "loss recovered", "γ", "seeds"]
-    body = []
-    pairs = [(a.gated, a.ablated) for a in q1.ablations]
-    levels = sorted({sparsity_level(s) for gated, ablated in pairs for s in gated + ablated})
-    for level in levels:
-        shown = set()
-        for gated, ablated in pairs:
-            for s in (*gated, *ablated):
-                key = (s["variant"], s["lr"])
-                if sparsity_level(s) != level or key in shown:
-                    continue
-                shown.add(key)
-                body.append(
-                    [
-                        fmt.level(s),
-                        s["variant"],
-                        fmt.lr(s["lr"]),
-                        fmt.with_spread(s, "l0", 1),
-                        fmt.with_spread(s, "fvu"),
-                        fmt.with_spread(s, "loss_recovered"),
-                        fmt.with_spread(s, "gamma"),
-                        str(s["n_seeds"]),
-                    ]
-                )
+    blocks.append(("p", prose.answer_q1(q1, res.metric)))
+    rows = [(fmt.family(a.ablated), fmt.family(a.gated), d)
+            for a in q1.ablations for d in a.differences]
+    others = [prose.ablation_sentence(a, res.metric) for a in q1.ablations]
     return [
-        ("h3", f"Ablation table (d_sae = {q1.width}, matched sparsity coefficient)"),
-        (
-            "p",
-            "Mean over seeds; in brackets the seed spread (max − min) where there are "
-            "several seeds. Gated is shown at each learning rate its ablations used.",
-        ),
-        ("table", head, body),
+        *blocks,
+        ("p", f"Evidence at d_sae = {q1.width}, each ablation against gated at matched L0 "
+              "(gated restricted to the learning rates the ablation was trained at where it "
+              "has them). The paper's ablations, for comparison, are in \"The paper's "
+              "settings beside ours\"."),
+        ("ul", others),
+        *difference_table(rows, "gated", "ablation"),
     ]
 
 
 # --- Q2 -------------------------------------------------------------------------------------
 
 
-def _lr_table(grid: LrGrid) -> Block:
+def lr_table(res: SweepResults, variants: list[str]) -> Block:
+    """Loss recovered (or FVU) at every (variant, level, lr) of the main width: the chosen
+    lr in bold, dead configurations named, unconverged marked."""
+    width = res.main_width
+    lrs = sorted({c.lr for v in variants for c in res.configs_of(v, width)})
+    excluded = {(r["variant"], r["lr"], r["k"] if r["k"] is not None else r["sparsity_coef"])
+                for r in res.excluded if r["d_sae"] == width}
     body = []
-    for arch, best, values in grid.rows:
-        cells = [arch, fmt.level(best)]
-        for lr, value in zip(grid.lrs, values, strict=True):
-            text = "–" if value is None else fmt.num(value)
-            cells.append(f"**{text}**" if lr == best["lr"] else text)
-        body.append(cells)
-    return ("table", ["arch", "sparsity", *(f"lr {fmt.lr(x)}" for x in grid.lrs)], body)
+    for variant in variants:
+        for chosen in res.families[(variant, width)].points:
+            cells = [variant, fmt.level(chosen)]
+            for lr in lrs:
+                match = [c for c in res.configs_of(variant, width)
+                         if c.lr == lr and c.level == chosen.level]
+                if match:
+                    text = fmt.flagged(match[0], fmt.num(match[0].value(res.metric)))
+                    cells.append(f"**{text}**" if match[0] is chosen else text)
+                else:
+                    cells.append("dead" if (variant, lr, chosen.level) in excluded else "–")
+            body.append(cells)
+    return ("table", ["variant", "sparsity", *(f"lr {fmt.lr(x)}" for x in lrs)], body)
 
 
-def section_q2(q2: Q2 | None, res: SweepResults) -> list[Block]:
+def section_q2(q2: Q2 | None, res: SweepResults, images: Images) -> list[Block]:
     blocks: list[Block] = [
-        ("h2", "Q2. Were learning rates swept for the baseline as well as for the Gated SAE?")
+        ("h2", "Q2. Does gated still win when relu gets its own best learning rate?")
     ]
     if q2 is None:
         return [*blocks, ("p", f"Relu and gated at the main width were {fmt.NOT_MEASURED}.")]
-    details: list[Block] = [
-        (
-            "p",
-            f"Learning rates at d_sae = {res.main_width} ({res.metric_name}, mean over seeds; "
-            "best in bold):",
-        ),
-        _lr_table(q2.grid),
-        ("ul", [prose.lr_sweep_sentence(s) for s in q2.sweeps]),
-        ("p", prose.best_lrs_sentence(q2.best_lrs)),
+    swept = [v for v in BASE_ARCHS if (v, q2.width) in res.families]
+    names = fmt.family(q2.gated), fmt.family(q2.relu)
+    rows = [(*names, d) for d in q2.differences]
+    ratio_rows = [(*names, d) for d in q2.ratios]
+    edges = prose.edge_sentences(res, swept, q2.width)
+    return [
+        *blocks,
+        ("p", prose.answer_q2(q2, res, res.metric)),
+        ("p", f"{res.metric_name.capitalize()} at d_sae = {q2.width} for every learning rate "
+              "and level (mean over healthy seeds; the chosen lr in bold; dead: every run "
+              f"excluded; {fmt.UNCONVERGED_MARK}: fails the convergence criterion):"),
+        lr_table(res, swept),
+        *([("ul", edges)] if edges else []),
+        *figure(images, "lr_sensitivity.png", "Learning-rate sensitivity",
+                "Loss recovered and FVU against L0, one line per learning rate; stars: the "
+                "lr chosen at each level. L0 moves with lr at a fixed λ, so lr alone is not "
+                "an axis."),
+        ("h3", "Gated against relu at matched L0"),
+        *(difference_table(rows, "relu", "gated")
+          or [("p", "No L0 at which both frontiers can be read.")]),
+        *figure(images, "frontiers.png", "Frontiers",
+                "Every variant's frontier at the main width in loss recovered, Δloss and FVU, "
+                "with 95% intervals on both axes; dotted lines at the matched L0s of the "
+                "table above."),
+        ("h3", "L0 ratio at matched fidelity"),
+        ("p", " ".join(filter(None, (prose.ratio_sentence(q2.ratios, m)
+                                     for m in ("loss_recovered", "fvu"))))
+         or f"The L0 ratio: {fmt.NOT_MEASURED} (no fidelity both frontiers reach)."),
+        *difference_table(ratio_rows, "relu L0", "gated L0"),
+        ("h3", "Shrinkage (γ)"),
+        ("ul", [prose.shrinkage_sentence(s) for s in q2.shrinkage]),
+        ("p", prose.shrinkage_verdict(q2)),
+        *shrinkage_table(q2),
+        *figure(images, "shrinkage.png", "Shrinkage",
+                "γ (the paper's, uncentred) and the centred γ against L0, with 95% intervals."),
     ]
-    if q2.frontier:
-        details.append(
-            (
-                "ul",
-                [prose.versus_sentence(c, BASELINE, GATED, res.metric_name) for c in q2.frontier],
-            )
-        )
-    if q2.shared_lr:
-        details.append(("p", prose.shared_lr_sentence(q2.shared_lr)))
-    details.append(("h3", "Shrinkage (γ)"))
-    details.append(("ul", prose.shrinkage_sentences(q2.shrinkage)))
-    return [*blocks, ("p", prose.q2_summary(q2, res.metric_name, res.sign)), *details]
+
+
+def shrinkage_table(q2: Q2) -> list[Block]:
+    """γ and centred γ per level of relu and gated, each against 1."""
+    words = {"lower": "below 1", "higher": "above 1"}
+    body = []
+    for s in q2.shrinkage:
+        for i, c in enumerate(s.family.points):
+            cells = [s.family.variant, fmt.flagged(c, fmt.level(c)), fmt.l0(c.value("l0"))]
+            for tests in (s.gamma, s.centred):
+                d = tests[i] if tests else None
+                cells += [fmt.interval(d.alt) if d else "n/a",
+                          words.get(d.verdict, d.verdict) if d else "n/a"]
+            body.append(cells)
+    head = ["variant", "sparsity", "L0", "γ", "γ against 1", "centred γ", "centred against 1"]
+    return [("table", head, body)] if any(s.gamma for s in q2.shrinkage) else []
 
 
 # --- Q3 -------------------------------------------------------------------------------------
 
 
-def section_q3(q3: Q3, metric_name: str) -> list[Block]:
+def _widths_sentence(q3: Q3) -> str:
+    sizes = "; ".join(f"{v}: {', '.join(map(str, w))}" for v, w in q3.widths.items())
+    text = f"Widths with a healthy frontier (d_sae): {sizes}."
+    if q3.d_in:
+        text += f" d_in = {q3.d_in}."
+    budget = [
+        f"{w}: {', '.join(fmt.count(t) for t in ts)} "
+        f"({', '.join(f'{t / w:,.0f}' for t in ts)} per latent)"
+        for w, ts in q3.tokens.items() if ts
+    ]
+    if budget:
+        text += " Training tokens per SAE at each width: " + "; ".join(budget) + "."
+    return text
+
+
+def section_q3(q3: Q3, res: SweepResults, images: Images) -> list[Block]:
     blocks: list[Block] = [
-        ("h2", "Q3. How large is the dictionary, and does the result hold as it grows?"),
-        ("p", prose.widths_sentence(q3)),
+        ("h2", "Q3. How does fidelity scale with the dictionary, at matched L0?"),
+        ("p", prose.answer_q3(q3)),
+        ("p", _widths_sentence(q3)),
     ]
-    if len(q3.gated_widths) < 2:
-        return [*blocks, ("p", f"Relu and gated at two or more widths were {fmt.NOT_MEASURED}.")]
-    head = ["gated d_sae", "setting", "relu d_sae", "compared at", "relu", "gated", "Δ", "verdict"]
-    body = [
-        [
-            str(m.width),
-            m.setting,
-            str(m.relu_width),
-            prose.where(c),
-            fmt.num(c.ref),
-            fmt.num(c.alt),
-            fmt.delta(c.delta),
-            c.verdict,
-        ]
-        for m in q3.margins
-        for c in m.comparisons
+    if not q3.fits:
+        return blocks
+    fit_rows = [
+        [f.variant, fmt.l0(f.l0), str(w),
+         fmt.interval(iv) + (fmt.UNCONVERGED_MARK if w in f.unconverged else ""),
+         fmt.num(f.law.at([w])[0]) if f.law is not None else "–"]
+        for f in q3.fits for w, iv in zip(f.widths, f.fvu, strict=True)
     ]
-    lines = [
-        prose.width_line([m for m in q3.margins if m.width == w], metric_name)
-        for w in q3.gated_widths
+    steps = [(fmt.family(res.families[(s.variant, s.wide)], f"{s.variant} {s.wide}"),
+              fmt.family(res.families[(s.variant, s.narrow)], f"{s.variant} {s.narrow}"), d)
+             for s in q3.steps for d in s.differences]
+    blocks += [
+        ("ul", [prose.fit_sentence(f) for f in q3.fits]),
+        ("table", ["variant", "L0", "d_sae", "FVU [95% interval]", "fitted"], fit_rows),
+        *figure(images, "width.png", "Width law",
+                "FVU at fixed L0 (interpolated on each width's frontier) against the number "
+                "of latents, with 95% intervals and the fitted a·n^(−b) + c."),
+        ("h3", "Does fidelity fall with width at matched L0?"),
+        ("p", "Each family against the next narrower one at the L0s of its fit (wider − "
+              "narrower):"),
+        *difference_table(steps, "narrower", "wider"),
     ]
-    trend = prose.trend_text(q3, metric_name)
+    if q3.equal_width:
+        rows = [(fmt.family(res.families[(GATED, w)]), fmt.family(res.families[(BASELINE, w)]),
+                 d) for w, ds in q3.equal_width for d in ds]
+        blocks += [("h3", "Gated against relu at the other widths (equal width)"),
+                   ("p", "d_sae " + ", ".join(str(w) for w, _ in q3.equal_width)
+                    + "; the main width is in Q2."),
+                   *difference_table(rows, "relu", "gated")]
+    if q3.equal_compute:
+        rows = [(fmt.family(res.families[(GATED, g)], f"gated {g}"),
+                 fmt.family(res.families[(BASELINE, r)], f"relu {r}"), d)
+                for g, r, ds in q3.equal_compute for d in ds]
+        blocks += [("h3", "Gated against relu 1.5× wider (equal compute)"),
+                   *difference_table(rows, "relu", "gated")]
+    return blocks
+
+
+# --- Q4 -------------------------------------------------------------------------------------
+
+
+def section_rivals(rivals: list[Rival], res: SweepResults) -> list[Block]:
+    blocks: list[Block] = [("h2", "Q4. Gated against TopK, BatchTopK and JumpReLU")]
+    if not rivals:
+        return [*blocks, ("p", f"Gated and another architecture at the main width were "
+                               f"{fmt.NOT_MEASURED}.")]
+    gated = fmt.family(res.families[(GATED, res.main_width)])
+    rows = [(fmt.family(r.family), gated, d) for r in rivals for d in r.differences]
     return [
         *blocks,
-        ("p", "**In short:** " + " ".join(prose.hold_sentence(h) for h in q3.holds)),
-        *([("p", trend)] if trend else []),
-        ("ul", lines),
-        (
-            "p",
-            "Each width's frontier runs over the learning rates trained at that width; the "
-            "rows tagged `width` or `equal_compute` are used where the sweep has them. All "
-            "compared points:",
-        ),
-        ("table", head, body),
+        ("p", f"At d_sae = {res.main_width}, each at its chosen lr per level, against gated "
+              "at matched L0 (rival − gated):"),
+        ("ul", [prose.rival_sentence(r, res.metric) for r in rivals]),
+        *difference_table(rows, GATED, "rival"),
     ]
-
-
-# --- how it was run -------------------------------------------------------------------------
-
-
-def section_run(res: SweepResults, sweep_dir: Path) -> list[Block]:
-    cfg = res.config
-    blocks: list[Block] = [("h2", "How this was run")]
-    if not cfg:
-        blocks.append(("p", "sweep.json is missing or unreadable: the settings were not recorded."))
-    else:
-        eval_tokens = sorted({int(r["eval_tokens"]) for r in res.rows if finite(r["eval_tokens"])})
-        versions = res.record.get("versions")
-        versions = versions if isinstance(versions, dict) else {}
-        facts = [
-            f"model: `{cfg.get('model', 'n/a')}`, site: `{cfg.get('site', 'n/a')}`",
-            f"dataset: `{cfg.get('dataset', 'n/a')}`",
-            f"training tokens per SAE: {fmt.count(cfg.get('tokens'))}",
-            f"batch size: {cfg.get('batch_size', 'n/a')}; seeds: {cfg.get('seeds', 'n/a')}",
-            f"held-out evaluation tokens per SAE: {', '.join(fmt.count(t) for t in eval_tokens)}"
-            if eval_tokens
-            else "held-out evaluation tokens: not recorded",
-            f"SAEs in results.csv: {len(res.rows)}; main width: {res.main_width}",
-            "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-            f"created: {res.record.get('created', 'n/a')}",
-        ]
-        blocks.append(("ul", facts))
-    blocks.append(("p", "To rerun, save the config below as CONFIG (YAML) and run:"))
-    folder = shlex.quote(str(sweep_dir))
-    blocks.append(("pre", f"gated-sae sweep CONFIG --out {folder}\ngated-sae report {folder}"))
-    if cfg:
-        blocks.append(("pre", yaml.safe_dump(cfg, sort_keys=False).rstrip()))
-    return blocks

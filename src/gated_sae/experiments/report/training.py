@@ -1,0 +1,79 @@
+"""How the SAEs trained, as numbers: which fail the convergence criterion (and which of those
+sit on a frontier), and what the sweep cost: tokens and seconds per SAE at each width, the
+whole sweep's wall time, the cache's, and the machine."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Config, Family, SweepResults, finite
+
+
+@dataclass
+class Convergence:
+    recorded: int  # runs whose `converged` was recorded
+    failed: list[dict]  # runs that fail the criterion, excluded ones too
+    on_frontiers: list[tuple[Family, Config]]  # frontier points with a failing run
+
+
+def convergence(res: SweepResults) -> Convergence:
+    recorded = [r for r in res.rows if r.get("converged") is not None]
+    return Convergence(
+        len(recorded),
+        [r for r in recorded if not r["converged"]],
+        [(f, c) for f in res.families.values() for c in f.unconverged],
+    )
+
+
+@dataclass
+class WidthCompute:
+    width: int
+    saes: int
+    tokens: list[int]  # training tokens per SAE (one value when every SAE had the same)
+    train_seconds: float  # mean over the width's SAEs, NaN if not recorded
+    eval_seconds: float
+
+    @property
+    def tokens_per_latent(self) -> list[float]:
+        return [t / self.width for t in self.tokens]
+
+
+@dataclass
+class Compute:
+    widths: list[WidthCompute]
+    train_seconds: float  # summed over every SAE (its share of its pass)
+    total_seconds: float | None  # the whole sweep command, cache and evaluation included
+    cache_seconds: float | None
+    machine: dict
+
+
+def _mean(values: list) -> float:
+    values = [v for v in values if finite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _seconds(value) -> float | None:
+    return float(value) if finite(value) else None
+
+
+def compute(res: SweepResults) -> Compute:
+    widths = []
+    for width in sorted({r["d_sae"] for r in res.rows}):
+        rows = [r for r in res.rows if r["d_sae"] == width]
+        widths.append(WidthCompute(
+            width, len(rows), sorted({r["tokens"] for r in rows if r["tokens"] is not None}),
+            _mean([r.get("train_seconds") for r in rows]),
+            _mean([r.get("eval_seconds") for r in rows]),
+        ))
+    seconds = [r.get("train_seconds") for r in res.rows if finite(r.get("train_seconds"))]
+    machine = res.record.get("machine")
+    return Compute(
+        widths,
+        float(sum(seconds)) if seconds else math.nan,
+        _seconds(res.record.get("total_seconds")),
+        _seconds(res.record.get("cache_seconds")),
+        machine if isinstance(machine, dict) else {},
+    )
