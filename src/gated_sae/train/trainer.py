@@ -136,12 +136,12 @@ class TrainConfig:
         for s in self.saes:
             if s.lr is None:
                 s.lr = default_lr(s.arch, s.d_sae, self.steps)
-        slow = [s.name or s.arch for s in self.saes if s.lr * self.steps < SHORT_RUN_LR_STEPS / 2]
+        needed = min(SHORT_RUN_LR_STEPS / self.steps, MAX_DEFAULT_LR)
+        slow = [s.name or s.arch for s in self.saes if s.lr < needed / 2]
         if slow:
             warnings.warn(
                 f"{', '.join(slow)}: lr too low to train in {self.steps} steps; runs this "
-                f"short need lr × steps ≥ {SHORT_RUN_LR_STEPS:g}, lr ≥ "
-                f"{SHORT_RUN_LR_STEPS / self.steps:.1e} (docs/training.md)", stacklevel=2
+                f"short need lr ≥ {needed:.1e} (docs/training.md)", stacklevel=2
             )
         unnamed = [s for s in self.saes if s.name is None]
         for s in unnamed:
