@@ -328,6 +328,21 @@ def test_cache_train_eval_on_a_tiny_model(files, tmp_path, capsys):
     code, stdout, _ = run(capsys, "eval", run_dir / "relu", "--acts", cache)
     assert code == 0 and json.loads(stdout)["n_tokens"] == 40 * (CTX - 1)
 
+    # skip_positions: trained past the first two positions, recorded, and evaluated so
+    code, _, _ = run(capsys, "train", "--acts", cache, "--arch", "relu", "--d-sae", "64",
+                     "--batch-size", "100", "--tokens", 100 * 10, "--skip-positions", 2,
+                     "--out", tmp_path / "skip2")
+    assert code == 0
+    metadata = json.loads((tmp_path / "skip2" / "relu" / "cfg.json").read_text())["metadata"]
+    assert metadata["skip_positions"] == 2
+    code, stdout, _ = run(capsys, "eval", tmp_path / "skip2" / "relu", "--tokens", 5 * CTX)
+    printed = json.loads(stdout)
+    assert code == 0 and printed["skip_positions"] == 2
+    assert (printed["n_tokens"], printed["lm_n_tokens"]) == (5 * (CTX - 2), 5 * (CTX - 3))
+    code, _, err = run(capsys, "eval", tmp_path / "skip2" / "relu", "--acts", cache,
+                       "--skip-positions", 1)
+    assert code == 2 and "--skip-positions applies to eval --model" in err
+
 
 def test_stream_batches_are_the_models_activations_and_resume(files, one_thread_module):
     lm = load_model(str(files["tiny"]))

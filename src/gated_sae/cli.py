@@ -27,7 +27,12 @@ import yaml
 from .browse.command import add_browse_command, cmd_browse
 from .data.batches import DEFAULT_BUFFER_TOKENS, ModelBatches
 from .data.cache import CACHE_DTYPES, build_cache
-from .data.corpus import DATASET_FORMS, DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET
+from .data.corpus import (
+    DATASET_FORMS,
+    DEFAULT_CONTEXT_SIZE,
+    DEFAULT_DATASET,
+    check_skip_positions,
+)
 from .data.lm import DEFAULT_MODEL
 from .data.source import ActivationSource
 from .data.synthetic import write_synthetic
@@ -53,6 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 # --- flags ------------------------------------------------------------------------------------
 #
+SKIP_HELP = "leading positions of each window kept out of training and metrics (1: BOS)"
 # A flag left out is None, so the Python API's own default applies; the help quotes that
 # default from where it is set (a config dataclass's field, a function's keyword).
 
@@ -156,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help=f"stream activations from this model ({model_help})")
     _add_model_flags(train)
     _keyword_flag(train, ModelBatches, "lm_batch_size", "windows per forward", type=_count)
+    _keyword_flag(train, ModelBatches, "skip_positions", SKIP_HELP, type=int)
     _flag(train, "buffer_tokens", "shuffle buffer of a cache or model stream, in tokens",
           DEFAULT_BUFFER_TOKENS, type=_count)
     train.add_argument("--out", required=True, help="run folder; rerun with the same --out resumes")
@@ -180,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_count, default=SAE_BATCH_SIZE,
                           help=f"activations per SAE forward (default: {SAE_BATCH_SIZE})")
     _flag(evaluate, "lm_batch_size", "windows per forward", LM_BATCH_SIZE, type=_count)
+    _flag(evaluate, "skip_positions", SKIP_HELP + " with --model (default: the SAE's "
+          "metadata skip_positions, else 1)", type=int)
     evaluate.add_argument("--device", default="cpu")
 
     demo = commands.add_parser(
@@ -196,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "one a config that leaves the setting out gets.",
     )
     sweep.add_argument("config", nargs="?", help="sweep YAML (or use --preset)")
-    sweep.add_argument("--preset", help="questions (2-core CPU, ~1 hour) or paper (GPU scale)")
+    sweep.add_argument("--preset", help="questions (2-core CPU, under 90 minutes) or paper (GPU "
+                       "scale)")
     sweep.add_argument("--out", required=True, help="sweep folder: results.csv, passes, cache")
     _field_flags(sweep, SweepConfig)
 
@@ -309,13 +319,15 @@ def _train_source(args: argparse.Namespace, config: TrainConfig) -> tuple[Any, d
         if Path(args.acts).is_dir():
             cache = load_cache(args.acts)
             batches = cache_batches(cache, config.batch_size, config.seed,
-                                    **_given(args, ["buffer_tokens"]))
+                                    **_given(args, ["buffer_tokens", "skip_positions"]))
             return batches, ActivationSource.of_cache(cache.manifest).sae_metadata(
-                activation_cache=str(Path(args.acts).resolve())
+                activation_cache=str(Path(args.acts).resolve()),
+                skip_positions=batches.skip_positions,
             )
-        if args.buffer_tokens is not None:
-            raise ConfigError("--buffer-tokens applies to a cache folder or --model, not to "
-                              f"the activations file {args.acts}")
+        for flag in ("buffer_tokens", "skip_positions"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} applies to a cache folder or "
+                                  f"--model, not to the activations file {args.acts}")
         acts = load_activations_file(args.acts)
         return ShuffledBatches(acts, config.batch_size, seed=config.seed), {
             "dataset_path": str(args.acts)
@@ -328,9 +340,9 @@ def _train_source(args: argparse.Namespace, config: TrainConfig) -> tuple[Any, d
     batches = ModelBatches(
         lm, source.site, source.dataset, config.batch_size, config.seed,
         context_size=source.context_size, text_field=source.text_field,
-        **_given(args, ("lm_batch_size", "buffer_tokens")),
+        **_given(args, ("lm_batch_size", "buffer_tokens", "skip_positions")),
     )
-    return batches, source.sae_metadata()
+    return batches, source.sae_metadata(skip_positions=batches.skip_positions)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -376,10 +388,13 @@ def _eval_model(args: argparse.Namespace, sae: Any) -> dict:
                            context_size=metadata.get("context_size"))
     lm = _load_lm(model, args.device, args.model_dtype)
     windows = heldout_windows(lm, source, n_tokens=args.tokens or EVAL_TOKENS)
+    skip = args.skip_positions if args.skip_positions is not None else metadata.get(
+        "skip_positions", 1)
+    check_skip_positions(skip, source.context_size)
     metrics = evaluate_saes(lm, {"": sae}, site, windows, sae_batch_size=args.batch_size,
-                            **_given(args, ["lm_batch_size"]))[""]
+                            skip_positions=skip, **_given(args, ["lm_batch_size"]))[""]
     return {**metrics, "model": model, "site": site, "dataset": source.dataset,
-            "context_size": source.context_size, "split": "heldout"}
+            "context_size": source.context_size, "skip_positions": skip, "split": "heldout"}
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -390,6 +405,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sae = load_sae(args.sae_dir, device=args.device)
     if args.acts is not None:
         _check_model_flags_unused(args)
+        if args.skip_positions is not None:
+            raise ConfigError("--skip-positions applies to eval --model; stored activations "
+                              "are measured at every position but BOS")
         metrics = evaluate_stored(sae, args.acts, tokens=args.tokens, batch_size=args.batch_size)
     else:
         metrics = _eval_model(args, sae)
