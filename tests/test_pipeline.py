@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
             p.data += 0.05 * torch.randn_like(p)
     return lm, corpus, saes
 
-LM_KEYS = ("ce_clean", "ce_zero", "ce_sae", "kl", "predictions")
+LM_KEYS = ("ce_clean", "ce_zero", "ce_sae", "kl", "lm_predictions")
 
 
 def test_heldout_windows_are_the_sources_heldout_split(setup):

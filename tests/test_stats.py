@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from gated_sae.evaluate.heldout import metrics_from_totals
 from gated_sae.experiments.report import stats
 
 
@@ -73,7 +74,7 @@ def test_window_sums_give_the_metrics_of_the_windows_tokens():
         for metric, value in expected.items():
             assert got[metric][0, i] == pytest.approx(value, rel=1e-12), metric
     # every window once: the metrics of the whole held-out set
-    everything = stats.metrics_from_sums({
+    everything = metrics_from_totals({
         k: (v.sum(-1)[..., None] if isinstance(v, np.ndarray) else v) for k, v in sums.items()
     })
     for metric, value in _direct(*data, list(range(5)), 1).items():

@@ -5,7 +5,7 @@ Per window w of activations x (positions 1..T−1 of a held-out window) and an S
 `err_sq` Σ‖x − x̂‖², `xhat_sq` Σ‖x̂‖², `x_xhat` Σ x·x̂, `xhat_mu` Σ μ·x̂, `active` Σ #{f ≠ 0};
 shared by every SAE: `window_tokens`, `x_sq` Σ‖x‖², `x_mu` Σ μ·x, with μ the mean of x over
 all windows and `mu_sq` = ‖μ‖². The LM metrics' window sums come from `lm_metrics`
-(`ce_clean`, `ce_zero`, `ce_sae`, `kl`, `predictions`). `metrics_from_totals` turns sums
+(`ce_clean`, `ce_zero`, `ce_sae`, `kl`, `lm_predictions`). `metrics_from_totals` turns sums
 over any multiset of windows into the metrics (docs/formulas.md, "Metrics").
 """
 
@@ -63,17 +63,26 @@ def metrics_from_totals(t: dict) -> dict:
     with `mu_sq` unsummed. fvu, l0, gamma, gamma_centred from the activation sums;
     loss_recovered and delta_loss from the LM sums."""
     out = {}
-    if "err_sq" in t:
-        n, mu_sq = t["window_tokens"], t["mu_sq"]
-        variance = t["x_sq"] - 2 * t["x_mu"] + n * mu_sq
-        out["fvu"] = t["err_sq"] / variance
-        out["mse"] = t["err_sq"] / n
-        out["l0"] = t["active"] / n
-        out["gamma"] = t["xhat_sq"] / t["x_xhat"]
-        out["gamma_centred"] = (t["xhat_sq"] - 2 * t["xhat_mu"] + n * mu_sq) / (
-            t["x_xhat"] - t["xhat_mu"] - t["x_mu"] + n * mu_sq
-        )
-    if "ce_sae" in t:
-        out["loss_recovered"] = (t["ce_zero"] - t["ce_sae"]) / (t["ce_zero"] - t["ce_clean"])
-        out["delta_loss"] = (t["ce_sae"] - t["ce_clean"]) / t["predictions"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out |= _activation_metrics(t) if "err_sq" in t else {}
+        out |= _lm_metrics(t) if "ce_sae" in t else {}
     return out
+
+
+def _activation_metrics(t: dict) -> dict:
+    n, mu_sq = t["window_tokens"], t["mu_sq"]
+    return {
+        "fvu": t["err_sq"] / (t["x_sq"] - 2 * t["x_mu"] + n * mu_sq),
+        "mse": t["err_sq"] / n,
+        "l0": t["active"] / n,
+        "gamma": t["xhat_sq"] / t["x_xhat"],
+        "gamma_centred": (t["xhat_sq"] - 2 * t["xhat_mu"] + n * mu_sq)
+        / (t["x_xhat"] - t["xhat_mu"] - t["x_mu"] + n * mu_sq),
+    }
+
+
+def _lm_metrics(t: dict) -> dict:
+    return {
+        "loss_recovered": (t["ce_zero"] - t["ce_sae"]) / (t["ce_zero"] - t["ce_clean"]),
+        "delta_loss": (t["ce_sae"] - t["ce_clean"]) / t["lm_predictions"],
+    }

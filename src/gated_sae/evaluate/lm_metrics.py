@@ -51,7 +51,7 @@ def lm_metrics(
     token) and `n_tokens` (predictions counted). Sums are taken per window in float64 and then
     over windows, so the result does not depend on `batch_size`; with `per_window`, the result
     also holds `windows`: float64 arrays [n] of each window's sums `ce_clean`, `ce_sae`,
-    `ce_zero`, `kl` and its count `predictions`, for a bootstrap over windows. The SAE runs in
+    `ce_zero`, `kl` and its count `lm_predictions`, for a bootstrap over windows. The SAE runs in
     float32 whatever the model's dtype. Given a mapping of SAEs, returns a mapping of results,
     sharing the clean and zero passes.
     """
@@ -98,7 +98,7 @@ def lm_metrics(
 
     n_pred = windows.shape[1] - first - 1
     window_sums = {k: np.concatenate(v) for k, v in shared.items()}
-    window_sums["predictions"] = np.full(len(windows), n_pred, dtype=np.int64)
+    window_sums["lm_predictions"] = np.full(len(windows), n_pred, dtype=np.int64)
     n_tokens = len(windows) * n_pred
     ce_clean = window_sums["ce_clean"].sum() / n_tokens
     ce_zero = window_sums["ce_zero"].sum() / n_tokens

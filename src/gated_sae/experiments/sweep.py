@@ -49,7 +49,7 @@ PRESETS = ("questions", "paper")
 # Converged: loss recovered moved by less than this over the last quarter of training.
 CONVERGENCE_TOLERANCE = 0.005
 CURVE_METRICS = ("l0", "fvu", "loss_recovered")
-LM_SHARED = ("ce_clean", "ce_zero", "predictions")
+LM_SHARED = ("ce_clean", "ce_zero", "lm_predictions")
 LM_OWN = ("ce_sae", "kl")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
 GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}

@@ -17,41 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...evaluate.heldout import ACTIVATION_SUMS, metrics_from_totals
+
 REPLICATES = 1000
 RNG_SEED = 0
 CONFIDENCE = 0.95
 # Exponents b tried by the power-law fit; a and c are solved for each.
 EXPONENT_GRID = np.round(np.arange(0.02, 3.0 + 1e-9, 0.01), 2)
 
-ACTIVATION_SUMS = ("err_sq", "xhat_sq", "x_xhat", "xhat_mu", "active")
-LM_SUMS = ("ce_sae",)
-
-
-def metrics_from_sums(s: dict) -> dict[str, np.ndarray]:
-    """The metrics of the contract's window sums, already summed over a multiset of windows.
-
-    With n = tokens, mu_sq = ‖μ‖², and every other entry a Σ over the chosen windows:
-        fvu = err_sq / (x_sq − 2 x_mu + n mu_sq)             l0 = active / n
-        gamma = xhat_sq / x_xhat      (the paper's γ, uncentred)
-        gamma_centred = (xhat_sq − 2 xhat_mu + n mu_sq) / (x_xhat − xhat_mu − x_mu + n mu_sq)
-        loss_recovered = (ce_zero − ce_sae) / (ce_zero − ce_clean)
-        delta_loss = (ce_sae − ce_clean) / predictions
-    Arrays broadcast: shared sums may be [R, 1] against per-SAE sums [R, S].
-    """
-    n, mu_sq = s["window_tokens"], s["mu_sq"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = {
-            "fvu": s["err_sq"] / (s["x_sq"] - 2 * s["x_mu"] + n * mu_sq),
-            "l0": s["active"] / n,
-            "gamma": s["xhat_sq"] / s["x_xhat"],
-            "gamma_centred": (s["xhat_sq"] - 2 * s["xhat_mu"] + n * mu_sq)
-            / (s["x_xhat"] - s["xhat_mu"] - s["x_mu"] + n * mu_sq),
-        }
-        if "ce_sae" in s:
-            gap = s["ce_zero"] - s["ce_clean"]
-            out["loss_recovered"] = (s["ce_zero"] - s["ce_sae"]) / gap
-            out["delta_loss"] = (s["ce_sae"] - s["ce_clean"]) / s["lm_predictions"]
-    return out
 
 
 def resample_counts(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -73,7 +46,7 @@ def window_metrics(heldout: dict, windows: np.ndarray, lm_windows: np.ndarray) -
         sums["ce_sae"] = lm_windows @ heldout["ce_sae"].T
         for k in ("ce_clean", "ce_zero", "lm_predictions"):
             sums[k] = (lm_windows @ heldout[k])[:, None]
-    return metrics_from_sums(sums)
+    return metrics_from_totals(sums)
 
 
 @dataclass(frozen=True)
