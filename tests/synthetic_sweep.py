@@ -5,8 +5,11 @@ The truth of an SAE at width n, L0 l and its family's constants c, b:
     FVU = c + A·(n/256)^(−b) − SLOPE·ln(l/20),  loss recovered = 1.05 − FVU
 so at fixed L0 FVU follows a power law in n with exponent b, and both metrics are linear in
 ln L0 (frontier interpolation is exact). A variant's OFFSET adds to loss recovered and takes
-from FVU; a learning rate away from the family's best costs LR_PENALTY per step and moves L0
-by (lr/best)^LR_L0_POWER. Seeds add SEED_OFFSET (mean zero over three seeds). Every window
+from FVU. A learning rate a step (3×) away from the family's best costs LR_PENALTY per step
+on its frontier, and each step up divides L0 by LR_L0_STEP (a higher lr is sparser at the
+same λ): a lower lr is so much denser that at a fixed λ it has the better loss recovered
+(SLOPE·ln LR_L0_STEP > LR_PENALTY), though its frontier is lower. Seeds add SEED_OFFSET
+(mean zero over three seeds). Every window
 adds noise that the full sums cancel exactly, so results.csv holds the truths. `gated no
 b_mag` is a copy of gated's SAEs at gated's best lr: its true difference is exactly zero.
 """
@@ -29,7 +32,7 @@ TOKENS_PER_LATENT = 500
 WINDOWS, LM_WINDOWS, WINDOW_TOKENS = 64, 32, 127
 LRS = (1e-4, 3e-4, 1e-3)
 BEST_LR = {"relu": 3e-4, "gated": 1e-3}
-LR_PENALTY, LR_L0_POWER = 0.02, 0.25
+LR_PENALTY, LR_L0_STEP = 0.02, 1.8
 SLOPE, A = 0.05, 0.15
 EXPONENT = {"relu": 0.3, "gated": 0.5}
 IRREDUCIBLE = {"relu": 0.15, "gated": 0.12}
@@ -46,7 +49,9 @@ LEVELS = {
 OFFSET = {"gated no r_mag": -0.02, "gated untied": 0.0, "gated RI-L1": -0.01,
           "topk": 0.03, "batchtopk": -0.03, "jumprelu": -0.04}
 SHRINK = {"relu": {0.5: 0.9, 1.0: 0.88, 2.0: 0.85, 4.0: 0.82, 8.0: 0.8}}  # centred γ
-DEAD = ("relu", MAIN, 1e-3, 8.0)  # collapsed: 80% dead, and it would otherwise win its level
+# Collapsed: 80% dead, and its curve would otherwise be chosen (it raises relu's 1e-3 curve
+# at L0 80, where the three lrs' curves are compared only with it).
+DEAD = ("relu", MAIN, 1e-3, 0.5)
 UNCONVERGED = ("gated", 2048, 1e-3, 16.0)
 WIDTHS = (256, 1024, 2048)
 EQUAL_COMPUTE = 768
@@ -98,7 +103,7 @@ def _family(variant, arch, width, lrs, seeds, levels, roles=(), options=None):
     for lr in lrs:
         steps = round(math.log(lr / best) / math.log(3))
         for level, l0 in levels.items():
-            l0 = l0 * (lr / best) ** LR_L0_POWER
+            l0 = l0 * LR_L0_STEP ** -steps
             for seed in seeds:
                 fvu = (true_fvu(base, l0, width) + LR_PENALTY * abs(steps)
                        - OFFSET.get(variant, 0.0) - SEED_OFFSET[seed])

@@ -20,7 +20,7 @@ from .findings import (
     analyse_rivals,
     tally,
 )
-from .model import Config, SweepResults
+from .model import MOST_LEVELS, Family, SweepResults
 from .training import Compute, Convergence, compute, convergence
 from .width import Q3, WidthFit, WidthStep, analyse_q3
 
@@ -38,7 +38,8 @@ class Unsettled:
     thin_fits: list[WidthFit]  # width laws resting on fewer than WELL_FITTED widths
     falling: list[WidthStep]  # fidelity falls with width beyond its interval
     unconverged: int  # frontier points with a run failing the convergence criterion
-    edges: list[Config]  # frontier points whose lr is at an end of the swept range
+    edges: list[Family]  # families whose chosen lr is at an end of the swept range
+    unchosen: list[Family]  # families whose lr could not be chosen on the frontier
 
 
 @dataclass
@@ -78,6 +79,7 @@ def analyse(res: SweepResults) -> Findings:
         thin_fits=[f for f in q3.fits if f.law is not None and len(f.widths) < WELL_FITTED],
         falling=[s for s in q3.steps if s.falls],
         unconverged=len(train.on_frontiers),
-        edges=[c for f in res.families.values() for c in f.points if c.edge],
+        edges=[f for f in res.families.values() if f.choice.edge],
+        unchosen=[f for f in res.families.values() if f.choice.rule == MOST_LEVELS],
     )
     return Findings(q1, q2, q3, rivals, train, compute(res), tally(comparer.made), unsettled)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 from .model import METRIC_NAMES, Config, Family, finite
 from .stats import Interval
@@ -20,6 +21,15 @@ def signed(x, digits: int = 3) -> str:
     return f"{x:+.{digits}f}".replace("-", "−") if finite(x) else "n/a"
 
 
+def significant(x, figures: int = 3) -> str:
+    """x to `figures` significant figures, zeros kept: 3.18, 0.400, 12.0."""
+    if not finite(x):
+        return "n/a"
+    x = float(f"{x:.{figures}g}")  # rounded first: 9.996 → 10.0
+    digits = max(0, figures - 1 - math.floor(math.log10(abs(x)))) if x else figures - 1
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
 def l0(x: float) -> str:
     if not finite(x):
         return "n/a"
@@ -32,9 +42,13 @@ def lr(x: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def level(c: Config) -> str:
+def sparsity(level: float | int, k_like: bool) -> str:
     """'k = 32' for TopK-like SAEs, else 'λ = 2'."""
-    return f"k = {c.level}" if c.k_like else f"λ = {c.level:g}"
+    return f"k = {level}" if k_like else f"λ = {level:g}"
+
+
+def level(c: Config) -> str:
+    return sparsity(c.level, c.k_like)
 
 
 def count(x) -> str:
@@ -54,15 +68,16 @@ def series(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def interval(iv: Interval | None, digits: int = 3, sign: bool = False) -> str:
-    """'0.912 [0.905, 0.918]' (signed: '+0.046 [+0.038, +0.053]'); the estimate alone
-    where there is no interval."""
+def interval(iv: Interval | None, digits: int = 3, sign: bool = False,
+             write: Callable[[float], str] | None = None) -> str:
+    """'0.912 [0.905, 0.918]' (signed: '+0.046 [+0.038, +0.053]'; or each number as `write`
+    writes it); the estimate alone where there is no interval."""
     if iv is None:
         return "n/a"
-    write = signed if sign else num
+    write = write or (lambda x: (signed if sign else num)(x, digits))
     if not finite(iv.low):
-        return write(iv.value, digits)
-    return f"{write(iv.value, digits)} [{write(iv.low, digits)}, {write(iv.high, digits)}]"
+        return write(iv.value)
+    return f"{write(iv.value)} [{write(iv.low)}, {write(iv.high)}]"
 
 
 def metric(name: str) -> str:

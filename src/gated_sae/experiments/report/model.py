@@ -1,19 +1,19 @@
 """The sweep as the report sees it: its runs, which of them are healthy, the configurations
 they replicate (variant, width, lr, sparsity level; the seeds are the replicates) with
-bootstrap replicates of every metric, and each family's frontier at the lr chosen per level.
+bootstrap replicates of every metric, and each family's frontier at its one chosen lr.
 
 A run with more than DEAD_LIMIT of its latents dead over the training stream's last window
 is a failure of its configuration, not a point of a frontier: it is set apart
-(`excluded`). Each family (variant, width) takes, at every sparsity level, the learning
-rate with the best mean loss recovered over its healthy seeds (FVU where loss recovered was
-not measured); the choice is made once, on the data as measured, and kept in every
-replicate.
+(`excluded`). Each family (variant, width) keeps one learning rate, chosen on the frontier
+(`choose_lr`), never at a fixed sparsity level: at a fixed λ the lr moves L0, so the best
+fidelity at fixed λ favours whichever lr leaves the SAE densest. The choice is made once,
+on the data as measured, and kept in every replicate.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from ...saes import ARCHITECTURES, variant_order
 from ...saes.gated import GatedSAE
 from ...saes.relu import ReLUSAE
-from ..pareto import sparsity_level
+from ..pareto import interpolate, matched_l0s, sparsity_level
 from ..results import read_results
 from . import stats
 from .inputs import read_curves, read_heldout, read_record
@@ -61,7 +61,6 @@ class Config:
     k_like: bool  # the level is k (TopK-like), not λ
     runs: list[dict]
     draws: dict[str, np.ndarray]
-    lrs: list[float] = field(default_factory=list)  # every lr swept at this level, dead too
 
     @property
     def seeds(self) -> int:
@@ -69,13 +68,6 @@ class Config:
 
     def value(self, metric: str) -> float:
         return float(self.draws[metric][0])
-
-    @property
-    def edge(self) -> str | None:
-        """'smallest' or 'largest' when this lr is at that end of two or more swept."""
-        if len(self.lrs) < 2:
-            return None
-        return {self.lrs[0]: "smallest", self.lrs[-1]: "largest"}.get(self.lr)
 
     @property
     def converged(self) -> bool | None:
@@ -90,18 +82,88 @@ class Config:
         return float(np.mean(values)) if values else math.nan
 
 
+def curve_arrays(points: list[Config], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(L0s, `metric`) of configurations as [R + 1, len(points)]."""
+    return (np.stack([c.draws["l0"] for c in points], 1),
+            np.stack([c.draws[metric] for c in points], 1))
+
+
+# How a family's lr was chosen (LrChoice.rule).
+ONLY, ON_FRONTIER, MOST_LEVELS = "only", "frontier", "most levels"
+
+
+@dataclass
+class LrChoice:
+    """A family's one learning rate and how it was chosen. Each lr with healthy levels draws
+    a curve (its levels in increasing L0, mean over seeds); the curves of two or more levels
+    are read at `l0s`, the L0s where all of them can be read (`matched_l0s`), and the lr with
+    the best mean `metric` over those L0s is chosen (ties: the smaller lr). Where they share
+    no L0, the lr with the most healthy levels is, then the one with the most seeds at its
+    fewest-seeded level, then the smaller lr."""
+
+    swept: list[float]  # every lr swept for the family, dead runs' too, increasing
+    curves: dict[float, list[Config]]  # each lr with a healthy level: its configurations
+    metric: str
+    l0s: list[float]  # where the compared curves were read; [] when they share none
+    means: dict[float, np.ndarray]  # each compared lr: mean `metric` over `l0s`, [R + 1]
+    lr: float
+
+    @property
+    def rule(self) -> str:
+        if len(self.curves) == 1:
+            return ONLY
+        return ON_FRONTIER if self.lr in self.means else MOST_LEVELS
+
+    @property
+    def edge(self) -> str | None:
+        """'smallest' or 'largest' when the chosen lr is at that end of two or more swept."""
+        if len(self.swept) < 2:
+            return None
+        return {self.swept[0]: "smallest", self.swept[-1]: "largest"}.get(self.lr)
+
+    def difference(self, lr: float) -> np.ndarray:
+        """lr's mean over `l0s` minus the chosen lr's, [R + 1]."""
+        return self.means[lr] - self.means[self.lr]
+
+
+def choose_lr(configs: list[Config], swept: list[float], metric: str) -> LrChoice:
+    """The family of `configs` (healthy, finite L0) at one lr, chosen as LrChoice says."""
+    curves: dict[float, list[Config]] = {}
+    for c in sorted(configs, key=lambda c: (c.lr, c.value("l0"))):
+        curves.setdefault(c.lr, []).append(c)
+    compared = [lr for lr, points in curves.items() if len(points) >= 2]
+    l0s = matched_l0s([curve_arrays(curves[lr], "l0")[0] for lr in compared]) \
+        if len(compared) >= 2 else []
+    means = {
+        lr: np.mean([interpolate(*curve_arrays(curves[lr], metric), at) for at in l0s], 0)
+        for lr in compared
+    } if l0s else {}
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    scored = [lr for lr in means if math.isfinite(means[lr][0])]
+    if scored:
+        lr = max(scored, key=lambda x: (sign * means[x][0], -x))
+    else:
+        means = {}
+        lr = max(curves, key=lambda x: (len(curves[x]), min(c.seeds for c in curves[x]), -x))
+    return LrChoice(swept, curves, metric, l0s, means, lr)
+
+
 @dataclass
 class Family:
-    """A variant at one width: one configuration per sparsity level, in increasing L0."""
+    """A variant at one width: its chosen lr's configurations, one per sparsity level, in
+    increasing L0."""
 
     variant: str
     width: int
-    points: list[Config]
+    choice: LrChoice
+
+    @property
+    def points(self) -> list[Config]:
+        return self.choice.curves[self.choice.lr]
 
     def arrays(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """(L0s, `metric`) as [R + 1, levels]."""
-        return (np.stack([c.draws["l0"] for c in self.points], 1),
-                np.stack([c.draws[metric] for c in self.points], 1))
+        return curve_arrays(self.points, metric)
 
     @property
     def seeds(self) -> int:
@@ -110,10 +172,6 @@ class Family:
     @property
     def unconverged(self) -> list[Config]:
         return [c for c in self.points if c.converged is False]
-
-
-def _level_key(row: dict) -> tuple:
-    return (row["variant"], row["d_sae"], sparsity_level(row))
 
 
 class SweepResults:
@@ -147,11 +205,9 @@ class SweepResults:
         self.windows = bool(heldout) and not self.uncovered
         self.lm_windows = self.windows and len(heldout["lm_predictions"]) > 0
         self.configs = self._configs(healthy, heldout if self.windows else None)
-        self.swept: dict[tuple, set[float]] = {}
+        self.swept: dict[tuple, set[float]] = {}  # (variant, width): every lr, dead runs' too
         for r in usable:
-            self.swept.setdefault(_level_key(r), set()).add(r["lr"])
-        for c in self.configs:
-            c.lrs = sorted(self.swept[(c.variant, c.width, c.level)])
+            self.swept.setdefault((r["variant"], r["d_sae"]), set()).add(r["lr"])
         has_lr = any(finite(c.value("loss_recovered")) for c in self.configs)
         self.metric = "loss_recovered" if has_lr else "fvu"
         self.metric_name = METRIC_NAMES[self.metric]
@@ -174,7 +230,8 @@ class SweepResults:
             per_window = stats.window_metrics(heldout, windows, lm_windows)
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
-            groups.setdefault((*_level_key(r), r["lr"]), []).append(r)
+            key = (r["variant"], r["d_sae"], sparsity_level(r), r["lr"])
+            groups.setdefault(key, []).append(r)
         out = []
         for key in sorted(groups, key=lambda k: (variant_key(k[0]), *k[1:])):
             runs = sorted(groups[key], key=lambda r: (r["seed"] is None, r["seed"] or 0))
@@ -199,25 +256,15 @@ class SweepResults:
             return None
         return min(set(swept), key=lambda w: (-swept.count(w), w))
 
-    def _score(self, c: Config) -> float:
-        value = c.value(self.metric)
-        if not math.isfinite(value):
-            return -math.inf
-        return value if self.metric == "loss_recovered" else -value
-
     def family(self, variant: str, width: int | None, lrs=None) -> Family | None:
-        """`variant` at `width`, each level at its best lr (among `lrs` when given); None
-        when it has no healthy configuration there. Ties go to the smaller lr."""
-        levels: dict = {}
-        for c in self.configs:
-            if c.variant == variant and c.width == width and (lrs is None or c.lr in lrs):
-                best = levels.get(c.level)
-                if best is None or self._score(c) > self._score(best):
-                    levels[c.level] = c
-        points = [c for c in levels.values() if math.isfinite(c.value("l0"))]
-        if not points:
+        """`variant` at `width` at its chosen lr (among `lrs` when given); None when it has
+        no healthy configuration there."""
+        configs = [c for c in self.configs_of(variant, width)
+                   if (lrs is None or c.lr in lrs) and math.isfinite(c.value("l0"))]
+        if not configs:
             return None
-        return Family(variant, width, sorted(points, key=lambda c: c.value("l0")))
+        swept = sorted(x for x in self.swept[(variant, width)] if lrs is None or x in lrs)
+        return Family(variant, width, choose_lr(configs, swept, self.metric))
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -72,12 +72,12 @@ def _errors(draws: np.ndarray) -> tuple[float, list[float]]:
 
 
 def _points(ax, configs: list[Config], metric: str, color: str, label: str | None,
-            style: str = "-", marker: str = "o") -> None:
+            style: str = "-", marker: str = "o", linewidth: float = 1.5) -> None:
     """The configurations' metric against L0 with both intervals; unconverged ones hollow."""
     xs, ys = zip(*(( _errors(c.draws["l0"]), _errors(c.draws[metric])) for c in configs),
                  strict=True)
     x, y = [v for v, _ in xs], [v for v, _ in ys]
-    ax.plot(x, y, style, color=color, label=label)
+    ax.plot(x, y, style, color=color, label=label, linewidth=linewidth)
     for c, (xv, xe), (yv, ye) in zip(configs, xs, ys, strict=True):
         hollow = c.converged is False
         ax.errorbar([xv], [yv], xerr=np.array([xe]).T, yerr=np.array([ye]).T, fmt=marker,
@@ -107,7 +107,7 @@ def plot_frontiers(res: SweepResults, l0s: list[float]) -> bytes | None:
     where = f"dotted: L0 {', '.join(fmt.l0(x) for x in l0s)}, where relu and gated are " \
         "compared; " if l0s else ""
     fig.suptitle(
-        f"Frontiers at d_sae = {res.main_width}: each level at its chosen lr, mean over seeds, "
+        f"Frontiers at d_sae = {res.main_width}: each variant at its chosen lr, mean over seeds, "
         f"95% bootstrap intervals\n({where}hollow: fails the convergence criterion)"
     )
     return _png(fig)
@@ -115,28 +115,32 @@ def plot_frontiers(res: SweepResults, l0s: list[float]) -> bytes | None:
 
 def plot_lr_sensitivity(res: SweepResults) -> bytes | None:
     """Loss recovered and FVU against L0 for every lr swept, one line per lr (L0 moves with
-    lr at a fixed λ, so lr is not an axis); stars mark the chosen lr of each level."""
+    lr at a fixed λ, so lr is not an axis); the chosen lr drawn thick and starred, dotted
+    lines at the L0s the lrs were compared at."""
     width = res.main_width
     variants = [v for v in res.variants(width)
-                if len({c.lr for c in res.configs_of(v, width)}) >= 2]
+                if len(res.families[(v, width)].choice.curves) >= 2]
     if not variants:
         return None
     fig = Figure(figsize=(5 * len(variants), 8), layout="constrained")
     axes = fig.subplots(2, len(variants), squeeze=False)
     for col, variant in enumerate(variants):
-        chosen = res.families[(variant, width)].points
-        lrs = sorted({c.lr for c in res.configs_of(variant, width)})
+        choice = res.families[(variant, width)].choice
         for row, metric in enumerate(("loss_recovered", "fvu")):
             ax = axes[row][col]
             if not res.measured(metric):
                 _not_measured(ax, LABELS[metric])
                 continue
-            for i, lr in enumerate(lrs):
-                at_lr = sorted((c for c in res.configs_of(variant, width) if c.lr == lr),
-                               key=lambda c: c.value("l0"))
-                _points(ax, at_lr, metric, f"C{i}", f"lr {fmt.lr(lr)}")
-            ax.plot([c.value("l0") for c in chosen], [c.value(metric) for c in chosen], "*",
-                    color="black", ms=14, mfc="none", label="chosen lr")
+            for i, (lr, curve) in enumerate(choice.curves.items()):
+                chosen = lr == choice.lr
+                _points(ax, curve, metric, f"C{i}",
+                        f"lr {fmt.lr(lr)}" + (" (chosen)" if chosen else ""),
+                        linewidth=3.5 if chosen else 1.5)
+            points = choice.curves[choice.lr]
+            ax.plot([c.value("l0") for c in points], [c.value(metric) for c in points], "*",
+                    color="black", ms=14, mfc="none")
+            for x in choice.l0s:
+                ax.axvline(x, color="grey", linestyle=":", linewidth=1)
             _log_l0_axis(ax, LABELS[metric])
             ax.set_title(f"{variant}, d_sae = {width}")
             if row == 0 or not axes[0][col].lines:

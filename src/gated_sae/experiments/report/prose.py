@@ -7,7 +7,15 @@ from ..pareto import MATCHED_L0S, MAX_GAP, MIN_READABLE
 from . import formatting as fmt
 from .analysis import Findings
 from .findings import MIN_SEEDS, Q1, Q2, Ablation, Difference, Rival, Shrinkage, outcome, split
-from .model import CONVERGENCE_LIMIT, DEAD_LIMIT, SweepResults
+from .model import (
+    CONVERGENCE_LIMIT,
+    DEAD_LIMIT,
+    HIGHER_IS_BETTER,
+    MOST_LEVELS,
+    ON_FRONTIER,
+    Family,
+    SweepResults,
+)
 from .stats import CONFIDENCE, REPLICATES
 from .width import Q3, WidthFit
 
@@ -25,18 +33,28 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
     grid = ", ".join(fmt.l0(x) for x in MATCHED_L0S)
     t = findings.tally
     return [
-        "**Frontiers.** A family is one variant at one width. At each sparsity level it takes "
-        "the learning rate with the best mean loss recovered over its seeds, among the "
-        "learning rates swept there; a choice at either end of the swept range is flagged. "
-        f"Runs with more than {DEAD_LIMIT:.0%} of their latents dead over the last "
-        + (f"{', '.join(fmt.count(t) for t in res.dead_window)} tokens"
-           if res.dead_window else "window")
-        + " of the training stream are set apart (\"Excluded runs\") and are on no frontier. Two "
-        "frontiers are compared at matched L0, never at matched λ: each is read linearly in "
+        f"**Frontiers.** Runs with more than {DEAD_LIMIT:.0%} of their latents dead over the "
+        "last " + (f"{', '.join(fmt.count(t) for t in res.dead_window)} tokens"
+                   if res.dead_window else "window")
+        + " of the training stream are set apart (\"Excluded runs\") and are on no frontier. "
+        "Frontiers are compared at matched L0, never at matched λ: each is read linearly in "
         f"log L0 between adjacent levels at most {MAX_GAP}× apart, only inside the L0 range "
-        f"both cover, at the L0s of one grid for the whole report ({grid}) that both can be "
-        f"read at in at least {MIN_READABLE:.0%} of the bootstrap replicates. Fidelity is given "
-        f"three ways ({DIRECTION}).",
+        f"all compared frontiers cover, at the L0s of one grid for the whole report ({grid}) "
+        f"that all can be read at in at least {MIN_READABLE:.0%} of the bootstrap replicates "
+        "(where no grid L0 qualifies, at the geometric middle of the shared range if all can "
+        f"be read there). Fidelity is given three ways ({DIRECTION}).",
+        "**Learning rate.** A family is one variant at one width, and it keeps one learning "
+        "rate, chosen on the frontier: at a fixed λ the lr moves L0, so the best fidelity at "
+        "a fixed λ would favour whichever lr leaves the SAE densest. Each lr swept for the "
+        "family draws its own curve through its healthy levels (mean over seeds); the curves "
+        "of two or more levels are read as above at the L0s where all of them can be read, "
+        f"and the lr with the {_best(res.metric)} over those L0s is chosen (ties: the "
+        "smaller lr). Where they share no such L0, the lr is not chosen on the frontier, and "
+        "the report says so: the family takes the lr with the most healthy levels, then the "
+        "one with the most seeds, then the smaller lr (fidelity at a fixed λ does not enter). "
+        "The family's frontier is then every level at that lr, with all its seeds. A chosen "
+        "lr that is the smallest or largest swept for the family (dead runs' lrs count as "
+        "swept) is flagged: the best lr may lie outside the range.",
         f"**Uncertainty.** {_basis(res)} Each interval is the central {CONFIDENCE:.0%} of "
         f"{REPLICATES:,} bootstrap replicates (percentiles). A difference is a finding when "
         "its interval excludes zero (a ratio: one); otherwise the verdict is **no detectable "
@@ -51,6 +69,11 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
         f"that fails it are marked {fmt.UNCONVERGED_MARK} in every table and drawn hollow in "
         "every figure.",
     ]
+
+
+def _best(metric: str) -> str:
+    """'highest mean loss recovered', 'lowest mean FVU'."""
+    return f"{'highest' if HIGHER_IS_BETTER[metric] else 'lowest'} mean {fmt.metric(metric)}"
 
 
 def _basis(res: SweepResults) -> str:
@@ -73,7 +96,7 @@ def _basis(res: SweepResults) -> str:
         "for every SAE (so comparisons are paired; the LM metrics' windows, the first of them, "
         "are drawn as a sample of their own), and each configuration's seeds with "
         "replacement; a metric is then recomputed from the per-window sums and averaged over "
-        "the drawn seeds. The choice of learning rate per level is made once, on the data."
+        "the drawn seeds. Each family's learning rate is chosen once, on the data as measured."
     )
 
 
@@ -81,14 +104,16 @@ def _basis(res: SweepResults) -> str:
 
 
 def _span(ds: list[Difference], ratio: bool = False) -> str:
+    """'Δ +0.012 [+0.004, +0.020]' or 'Δ +0.01 to +0.02, intervals within […]'; a ratio
+    without the 'Δ', to three significant figures."""
+    write = fmt.significant if ratio else fmt.signed
     if len(ds) == 1:
-        return ("ratio " if ratio else "Δ ") + fmt.interval(ds[0].delta, sign=not ratio)
-    write = fmt.num if ratio else fmt.signed
+        return ("" if ratio else "Δ ") + fmt.interval(ds[0].delta, write=write)
     values = sorted({write(d.delta.value) for d in ds}, key=lambda t: t.replace("−", "-"))
     lows = [d.delta.low for d in ds if fmt.finite(d.delta.low)]
     highs = [d.delta.high for d in ds if fmt.finite(d.delta.high)]
     span = values[0] if len(values) == 1 else f"{values[0]} to {values[-1]}"
-    text = f"{'ratio' if ratio else 'Δ'} {span}"
+    text = span if ratio else f"Δ {span}"
     if lows:
         text += f", intervals within [{write(min(lows))}, {write(max(highs))}]"
     return text
@@ -149,7 +174,7 @@ def answer_q1(q1: Q1, metric: str) -> str:
 
 def ablation_sentence(a: Ablation, metric: str) -> str:
     lrs = ", ".join(fmt.lr(x) for x in sorted({c.lr for c in a.ablated.points}))
-    at = "gated at the same lrs" if a.same_lrs else "gated at its own best lr"
+    at = "gated at the same lrs" if a.same_lrs else "gated at its chosen lr"
     detail = compare_sentence(a.differences, metric, ablation_name(a.variant), "gated")
     return f"{ablation_name(a.variant)} (lr {lrs}; {at}): {detail or 'no shared L0'} " \
         f"({seeds_note(a.seeds)})."
@@ -158,13 +183,13 @@ def ablation_sentence(a: Ablation, metric: str) -> str:
 # --- Q2 -------------------------------------------------------------------------------------
 
 
-def answer_q2(q2: Q2, res: SweepResults, metric: str) -> str:
-    swept = {f.variant: len({x for c in f.points for x in c.lrs}) for f in (q2.relu, q2.gated)}
+def answer_q2(q2: Q2, metric: str) -> str:
+    lrs = fmt.series([f"{f.variant} {fmt.lr(f.choice.lr)} of {len(f.choice.swept)} swept"
+                      for f in (q2.relu, q2.gated)])
     detail = compare_sentence(q2.differences, metric, "gated", "relu")
     ratio = ratio_sentence(q2.ratios, "loss_recovered") or ratio_sentence(q2.ratios, "fvu")
     return (
-        f"**Answer:** with relu's lr swept over {swept['relu']} values and gated's over "
-        f"{swept['gated']}, each at its own best lr per level: "
+        f"**Answer:** each at the lr chosen on its own frontier ({lrs}): "
         + (detail or "the frontiers share no L0 to compare at")
         + f" ({seeds_note(min(q2.relu.seeds, q2.gated.seeds))})."
         + (f" {ratio}" if ratio else "")
@@ -176,29 +201,37 @@ def ratio_sentence(ratios: list[Difference], metric: str) -> str:
     ds = [d for d in ratios if d.at_metric == metric]
     if not ds:
         return ""
-    verdicts = {"better": "fewer", "worse": "more", "none": "not detectably fewer or more"}
-    key = outcome(ds)
-    word = verdicts.get(key, "an undetermined number of")
+    needs = {"better": "fewer", "worse": "more", "none": "not detectably fewer or more",
+             "mixed": "fewer at some and more at others of these"}.get(outcome(ds))
+    verdict = (f"gated needs {needs} active latents than relu" if needs
+               else "no interval on how many active latents gated needs against relu")
     return (
-        f"At equal {fmt.metric(metric)} ({_values(ds)}) gated needs "
-        f"{word} active latents than relu: L0_gated / L0_relu = {_span(ds, ratio=True)} "
-        f"(the paper: about one half)."
+        f"At equal {fmt.metric(metric)} ({_values(ds)}) {verdict}: L0_gated / L0_relu = "
+        f"{_span(ds, ratio=True)} (the paper: about one half)."
     )
 
 
-def edge_sentences(res: SweepResults, variants: list[str], width: int) -> list[str]:
-    out = []
-    for variant in variants:
-        family = res.families.get((variant, width))
-        for end in ("smallest", "largest"):
-            at = [c for c in family.points if c.edge == end] if family else []
-            if at:
-                out.append(
-                    f"{variant}: the chosen lr is the {end} swept at "
-                    f"{fmt.series([fmt.level(c) for c in at])}, so the best lr may lie "
-                    "outside the range."
-                )
-    return out
+def choice_sentence(f: Family) -> str:
+    """How the family's lr was chosen, its frontier's seeds, and whether it is at an end."""
+    c = f.choice
+    swept = ", ".join(fmt.lr(x) for x in c.swept)
+    if c.rule == ON_FRONTIER:
+        how = (f"its curve has the {_best(c.metric)} of the {len(c.means)} compared at "
+               f"L0 {fmt.series([fmt.l0(x) for x in c.l0s])}")
+    elif c.rule == MOST_LEVELS:
+        how = ("no L0 where every curve can be read, so not chosen on the frontier: the lr "
+               f"with the most healthy levels ({len(f.points)}; ties: the most seeds, then "
+               "the smaller lr)")
+    else:
+        how = "the only lr with healthy runs"
+    seeds = {s.seeds for s in f.points}
+    each = (f"{fmt.plural(min(seeds), 'seed')} each" if len(seeds) == 1
+            else f"{min(seeds)} to {max(seeds)} seeds")
+    text = (f"{f.variant}: lr {fmt.lr(c.lr)} of {swept}; {how}; its frontier has "
+            f"{fmt.plural(len(f.points), 'level')}, {each}")
+    if c.edge:
+        text += f". It is the {c.edge} lr swept: the best lr may lie outside the range"
+    return text + "."
 
 
 def shrinkage_sentence(s: Shrinkage) -> str:
@@ -307,8 +340,11 @@ def unsettled_items(findings: Findings, metric: str) -> list[str]:
                      "3 parameters: it cannot show that the form fits.")
     items += [f"{step.variant} gets worse from d_sae {step.narrow} to {step.wide} at matched "
               "L0: the wider SAE needs more tokens." for step in u.falling]
-    points = ((u.unconverged, "with a run failing the convergence criterion: its fidelity "
-               "was still moving"),
-              (len(u.edges), "at the smallest or largest lr swept: a wider lr range could "
-               "move it"))
-    return items + [f"{fmt.plural(n, 'frontier point')} {why}." for n, why in points if n]
+    items += [f"{f.variant} at d_sae {f.width}: its lr was not chosen on its frontier (its "
+              "lrs' curves share no L0 where all can be read)." for f in u.unchosen]
+    items += [f"{f.variant} at d_sae {f.width}: the chosen lr {fmt.lr(f.choice.lr)} is the "
+              f"{f.choice.edge} swept; a wider lr range could move it." for f in u.edges]
+    if u.unconverged:
+        items.append(f"{fmt.plural(u.unconverged, 'frontier point')} with a run failing the "
+                     "convergence criterion: its fidelity was still moving.")
+    return items

@@ -4,11 +4,13 @@ or None}; a None figure becomes a 'not measured' line."""
 
 from __future__ import annotations
 
+from ..pareto import sparsity_level
 from . import formatting as fmt
 from . import prose
 from .findings import Q1, Q2, Difference, Rival
-from .model import BASE_ARCHS, BASELINE, GATED, SweepResults
+from .model import BASE_ARCHS, BASELINE, GATED, Family, SweepResults
 from .render import Block
+from .stats import interval
 from .width import Q3
 
 Images = dict[str, bytes | None]
@@ -39,7 +41,8 @@ def difference_table(rows: list[tuple[str, str, Difference]], ref_head: str,
             fmt.where(d.at_metric, d.at),
             fmt.interval(d.ref, digits),
             fmt.interval(d.alt, digits),
-            fmt.interval(d.delta, 3, sign=not d.null),
+            fmt.interval(d.delta, write=fmt.significant) if d.null
+            else fmt.interval(d.delta, sign=True),
             _verdict(d, alt, ref),
         ])
     delta = "Δ or ratio [95% interval]"
@@ -73,26 +76,57 @@ def section_q1(q1: Q1, res: SweepResults) -> list[Block]:
 
 
 def lr_table(res: SweepResults, variants: list[str]) -> Block:
-    """Loss recovered (or FVU) at every (variant, level, lr) of the main width: the chosen
-    lr in bold, dead configurations named, unconverged marked."""
+    """Loss recovered (or FVU) at every (variant, level, lr) of the main width, levels from
+    sparse to dense: each variant's chosen lr in bold, dead configurations named,
+    unconverged marked."""
     width = res.main_width
-    lrs = sorted({c.lr for v in variants for c in res.configs_of(v, width)})
-    excluded = {(r["variant"], r["lr"], r["k"] if r["k"] is not None else r["sparsity_coef"])
-                for r in res.excluded if r["d_sae"] == width}
+    lrs = sorted({x for v in variants for x in res.families[(v, width)].choice.swept})
+    dead = {(r["variant"], r["lr"], sparsity_level(r), r["k"] is not None)
+            for r in res.excluded if r["d_sae"] == width}
     body = []
     for variant in variants:
-        for chosen in res.families[(variant, width)].points:
-            cells = [variant, fmt.level(chosen)]
+        configs = {(c.lr, c.level): c for c in res.configs_of(variant, width)}
+        levels = {(c.level, c.k_like) for c in configs.values()}
+        levels |= {(level, k_like) for v, _, level, k_like in dead if v == variant}
+        chosen = res.families[(variant, width)].choice.lr
+        for level, k_like in sorted(levels, key=lambda x: x[0] if x[1] else -x[0]):
+            cells = [variant, fmt.sparsity(level, k_like)]
             for lr in lrs:
-                match = [c for c in res.configs_of(variant, width)
-                         if c.lr == lr and c.level == chosen.level]
-                if match:
-                    text = fmt.flagged(match[0], fmt.num(match[0].value(res.metric)))
-                    cells.append(f"**{text}**" if match[0] is chosen else text)
+                c = configs.get((lr, level))
+                if c is None:
+                    cells.append("dead" if (variant, lr, level, k_like) in dead else "–")
                 else:
-                    cells.append("dead" if (variant, lr, chosen.level) in excluded else "–")
+                    text = fmt.flagged(c, fmt.num(c.value(res.metric)))
+                    cells.append(f"**{text}**" if lr == chosen else text)
             body.append(cells)
     return ("table", ["variant", "sparsity", *(f"lr {fmt.lr(x)}" for x in lrs)], body)
+
+
+def _choice_cells(f: Family, lr: float) -> list[str]:
+    """One lr of a family: its name (bold: chosen), healthy levels, seeds, the mean of its
+    curve at the L0s compared and its difference from the chosen lr's, with intervals."""
+    c = f.choice
+    points = c.curves.get(lr, [])
+    seeds = sorted({p.seeds for p in points}) or ["–"]
+    cells = [f"**{fmt.lr(lr)}**" if lr == c.lr else fmt.lr(lr), str(len(points)),
+             f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])]
+    if lr in c.means:
+        delta = interval(c.difference(lr))
+        return cells + [fmt.interval(interval(c.means[lr])),
+                        "chosen" if lr == c.lr else fmt.interval(delta, sign=True)]
+    if not points:
+        return cells + ["–", "dead"]
+    return cells + ["–", "chosen" if lr == c.lr else "not compared"]
+
+
+def lr_choice_table(res: SweepResults, families: list[Family]) -> list[Block]:
+    """Each lr's curve of each family at the L0s its lrs were compared at: the mean there,
+    and its difference from the chosen lr's with the 95% interval of the same bootstrap."""
+    body = [[f.variant, fmt.series([fmt.l0(x) for x in f.choice.l0s]) or "–",
+             *_choice_cells(f, lr)] for f in families for lr in f.choice.swept]
+    head = ["variant", "at L0", "lr", "healthy levels", "seeds",
+            f"mean {fmt.metric(res.metric)} [95% interval]", "Δ from the chosen lr"]
+    return [("table", head, body)] if body else []
 
 
 def section_q2(q2: Q2 | None, res: SweepResults, images: Images) -> list[Block]:
@@ -102,22 +136,30 @@ def section_q2(q2: Q2 | None, res: SweepResults, images: Images) -> list[Block]:
     if q2 is None:
         return [*blocks, ("p", f"Relu and gated at the main width were {fmt.NOT_MEASURED}.")]
     swept = [v for v in BASE_ARCHS if (v, q2.width) in res.families]
+    families = [res.families[(v, q2.width)] for v in swept]
+    several = [f for f in families if len(f.choice.swept) > 1]
     names = fmt.family(q2.gated), fmt.family(q2.relu)
     rows = [(*names, d) for d in q2.differences]
     ratio_rows = [(*names, d) for d in q2.ratios]
-    edges = prose.edge_sentences(res, swept, q2.width)
     return [
         *blocks,
-        ("p", prose.answer_q2(q2, res, res.metric)),
+        ("p", prose.answer_q2(q2, res.metric)),
         ("p", f"{res.metric_name.capitalize()} at d_sae = {q2.width} for every learning rate "
-              "and level (mean over healthy seeds; the chosen lr in bold; dead: every run "
-              f"excluded; {fmt.UNCONVERGED_MARK}: fails the convergence criterion):"),
+              "and level (mean over healthy seeds; in bold, the lr each variant keeps; dead: "
+              f"every run excluded; {fmt.UNCONVERGED_MARK}: fails the convergence criterion). "
+              "Read across a row with care: at a fixed λ the lr moves L0, so a row compares "
+              "SAEs of different sparsity."),
         lr_table(res, swept),
-        *([("ul", edges)] if edges else []),
+        *([("p", "How each variant's lr was chosen (\"How to read this report\"): each lr's "
+                 "curve read at the L0s where all of the variant's curves can be read, the "
+                 "mean over those L0s, and its difference from the chosen lr's with a 95% "
+                 "bootstrap interval (the choice is made on the estimates)."),
+           ("ul", [prose.choice_sentence(f) for f in several]),
+           *lr_choice_table(res, several)] if several else []),
         *figure(images, "lr_sensitivity.png", "Learning-rate sensitivity",
-                "Loss recovered and FVU against L0, one line per learning rate; stars: the "
-                "lr chosen at each level. L0 moves with lr at a fixed λ, so lr alone is not "
-                "an axis."),
+                "Loss recovered and FVU against L0, one line per learning rate; stars and the "
+                "thick line: the chosen lr; dotted: the L0s the lrs were compared at. L0 moves "
+                "with lr at a fixed λ, so lr alone is not an axis."),
         ("h3", "Gated against relu at matched L0"),
         *(difference_table(rows, "relu", "gated")
           or [("p", "No L0 at which both frontiers can be read.")]),
@@ -229,8 +271,8 @@ def section_rivals(rivals: list[Rival], res: SweepResults) -> list[Block]:
     rows = [(fmt.family(r.family), gated, d) for r in rivals for d in r.differences]
     return [
         *blocks,
-        ("p", f"At d_sae = {res.main_width}, each at its chosen lr per level, against gated "
-              "at matched L0 (rival − gated):"),
+        ("p", f"At d_sae = {res.main_width}, each at its chosen lr, against gated at matched "
+              "L0 (rival − gated):"),
         ("ul", [prose.rival_sentence(r, res.metric) for r in rivals]),
         *difference_table(rows, GATED, "rival"),
     ]

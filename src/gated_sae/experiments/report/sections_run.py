@@ -88,8 +88,10 @@ def results_table(res: SweepResults) -> list[Block]:
             "centred γ", "dead (train)"]
     body = []
     for variant in res.variants(res.main_width):
-        for c in res.families[(variant, res.main_width)].points:
-            lr = fmt.lr(c.lr) + (f" ({c.edge})" if c.edge else "")
+        family = res.families[(variant, res.main_width)]
+        edge = family.choice.edge
+        for c in family.points:
+            lr = fmt.lr(c.lr) + (f" ({edge})" if edge else "")
             body.append([variant, fmt.flagged(c, fmt.level(c)), lr, str(c.seeds),
                          *(fmt.interval(interval(c.draws[m]), 1 if m == "l0" else 3)
                            for m in ("l0", "loss_recovered", "delta_loss", "fvu", "gamma",
@@ -97,8 +99,8 @@ def results_table(res: SweepResults) -> list[Block]:
                          fmt.num(c.dead, 2)])
     return [
         ("h2", f"Results at the main width (d_sae = {res.main_width})"),
-        ("p", "Each variant at its chosen lr per level (in brackets: at an end of the swept "
-              "range), mean over healthy seeds, with 95% bootstrap intervals."),
+        ("p", "Each variant at its chosen lr (in brackets: at an end of the swept range), "
+              "mean over healthy seeds, with 95% bootstrap intervals."),
         ("table", head, body),
     ]
 
