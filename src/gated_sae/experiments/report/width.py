@@ -13,7 +13,7 @@ import numpy as np
 
 from ..pareto import interpolate, matched_l0s, nearest_to_middle
 from .findings import Comparer, Difference, split
-from .model import BASELINE, GATED, SweepResults, finite
+from .model import BASELINE, GATED, Family, SweepResults, finite
 from .stats import Interval, PowerLaw, fit_power_law, interval
 
 FIT_L0S = 2  # fixed L0s per architecture at which the width law is fitted
@@ -74,9 +74,18 @@ def equal_compute_width(widths: list[int], gated_width: int) -> int | None:
     return min(near, key=lambda w: abs(w - target)) if near else None
 
 
-def _fit(res: SweepResults, variant: str, l0: float) -> WidthFit:
+def width_families(res: SweepResults, variant: str) -> list[Family]:
+    """The variant's families at every width, at the learning rates every width was trained
+    at (so that the width comparison holds the lr fixed), else each at its own chosen lr."""
     widths = res.widths(variant)
-    families = [res.families[(variant, w)] for w in widths]
+    common = set.intersection(*(set(res.swept[(variant, w)]) for w in widths))
+    families = [res.family(variant, w, lrs=common) for w in widths] if common else []
+    return families if families and all(families) else [
+        res.families[(variant, w)] for w in widths]
+
+
+def _fit(families: list[Family], variant: str, l0: float) -> WidthFit:
+    widths = [f.width for f in families]
     draws = np.stack([interpolate(*f.arrays("fvu"), l0) for f in families], 1)
     law = fit_power_law(np.array(widths), draws) if len(widths) >= 3 else None
     return WidthFit(
@@ -101,10 +110,10 @@ def analyse_q3(res: SweepResults, comparer: Comparer) -> Q3:
         widths = res.widths(variant)
         if len(widths) < 2:
             continue
-        families = [res.families[(variant, w)] for w in widths]
+        families = width_families(res, variant)
         l0s = nearest_to_middle(matched_l0s([f.arrays("l0")[0] for f in families]), FIT_L0S)
         q3.fit_l0s[variant] = l0s
-        q3.fits += [_fit(res, variant, l0) for l0 in l0s]
+        q3.fits += [_fit(families, variant, l0) for l0 in l0s]
         for narrow, wide in zip(families, families[1:], strict=False):
             # at the fit's L0s; where no L0 suits every width, at the pair's own matched L0s
             diffs = comparer.at_l0s(narrow, wide, l0s or None, ("loss_recovered", "fvu"))
