@@ -33,7 +33,7 @@ Evaluation = Callable[[dict[str, SAE]], dict[str, dict[str, float]]]
 SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
 # Adam moves a weight by about lr per step, so a run of S steps moves it by at most about
 # lr·S; SAEs that train in S steps need lr·S of about this (docs/training.md).
-SHORT_RUN_LR_STEPS = 2.0
+SHORT_RUN_LR_STEPS = 5.0
 MAX_DEFAULT_LR = 5e-3  # higher rates left SmolLM2 SAEs with dead latents and rising FVU
 
 
@@ -45,7 +45,8 @@ class SAEConfig:
     d_sae: int = field(metadata={"help": "number of latents"})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (default: the architecture's published one, 3e-4 or for topk "
-                "and batchtopk 2e-4/√(d_sae/2^14), raised to 2/steps for shorter runs)"})
+                "and batchtopk 2e-4/√(d_sae/2^14), raised to 5/steps, at most 5e-3, for "
+                "shorter runs)"})
     sparsity_coef: float | None = field(default=None, metadata={
         "help": "λ of the sparsity penalty; topk and batchtopk take options.k instead "
                 "(default: " + ", ".join(f"{name} {cls.default_sparsity_coef:g}"
