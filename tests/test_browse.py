@@ -438,6 +438,7 @@ def test_smollm2_site(no_network, tmp_path):
     Loading the model is nearly all of its time (the site itself: two windows of 32 tokens)."""
     lm = load_model("smollm2-135m")
     site = "blocks.15.hook_resid_post"
+    torch.manual_seed(0)
     sae = create_sae("relu", d_in=lm.d_model, d_sae=16)
     path = sae.save(tmp_path / "sae", metadata={"model_name": "smollm2-135m", "hook_name": site})
     corpus = tmp_path / "text.txt"
@@ -455,4 +456,7 @@ def test_smollm2_site(no_network, tmp_path):
     assert [v for _, v in record["up"]] == pytest.approx(top.values.tolist(), rel=1e-3)
     vocab = read_data(out, "vocab")
     assert vocab[str(top.indices[0].item())] == lm.tokenizer.decode([top.indices[0].item()])
+    # latent 0 of a random SAE may fire on none of these tokens: look at the most frequent
+    freq = read_data(out, "sae/index")["freq"]
+    record = read_data(out, f"sae/latents/{freq.index(max(freq))}")
     assert record["top"] and all(str(t) in vocab for c in record["top"] for t in c[3])
