@@ -105,7 +105,7 @@ def main() -> None:
                     n_tokens=windows.numel(), progress=False, **options.sampling())
     n_tokens = windows.numel()
 
-    manifest = build.new_manifest(args.model, args.site, args.dataset, args.context,
+    manifest = build.new_manifest(args.model, args.site, args.dataset, args.context, 1,  # BOS
                                   next(iter(stats.values())).n_tokens, options)
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:

@@ -25,9 +25,9 @@ def write_corpus(path: Path, sentences: int = 400, seed: int = 0) -> Path:
 
 
 def save_sparse_sae(path: Path, model_dir: Path, corpus: Path, *, d_sae: int = 48,
-                    seed: int = 0, arch: str = "relu", site: str = SITE) -> Path:
+                    seed: int = 0, arch: str = "relu", site: str = SITE, **metadata) -> Path:
     """A random SAE whose negative encoder bias makes each latent fire on some tokens only,
-    saved with the metadata training would give it."""
+    saved with the metadata training would give it (and any `metadata` given)."""
     torch.manual_seed(seed)
     options = {"k": 6} if arch == "topk" else {}
     sae = create_sae(arch, d_in=TINY_D_MODEL, d_sae=d_sae, **options)
@@ -36,7 +36,8 @@ def save_sparse_sae(path: Path, model_dir: Path, corpus: Path, *, d_sae: int = 4
         if arch == "relu":
             sae.b_enc.fill_(-1.0)
     return sae.save(path, metadata={"model_name": str(model_dir), "hook_name": site,
-                                    "dataset_path": str(corpus), "context_size": CTX})
+                                    "dataset_path": str(corpus), "context_size": CTX,
+                                    **metadata})
 
 
 def read_data(site: Path, key: str):

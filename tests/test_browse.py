@@ -233,6 +233,46 @@ def test_cross_page_data_are_each_latents_best_partners(built):
     assert cross["summary"]["b_above"]["0.5"] == int((best_b.values >= 0.5).sum())
 
 
+def test_skipped_positions_count_nowhere(built, tmp_path):
+    """An SAE trained with skip_positions 2 (SmolLM2's outliers on the token after BOS): its
+    site counts no firing at position 1, in the frequencies, histograms, top or random
+    contexts, and no context shows it; the rest equals brute force over positions 2.."""
+    root, _, _ = built
+    sae_dir = save_sparse_sae(tmp_path / "skip2", root / "model", root / "corpus.txt",
+                              skip_positions=2)
+    options = BrowseOptions(tokens=1200, batch_size=7, top=6, random=5, before=5, after=2)
+    site = tmp_path / "site"
+    build_site([sae_dir], site, options=options, progress=False)
+    manifest = read_data(site, "site")
+    assert manifest["skip_positions"] == 2
+    lm = load_model(str(root / "model"))
+    windows = token_windows(lm.tokenizer, str(root / "corpus.txt"), context_size=CTX,
+                            n_windows=manifest["windows"])
+    f = brute_force(lm, load_sae(sae_dir), windows)  # positions 1..
+    counted = f[:, 1:].reshape(-1, f.shape[2])  # positions 2..
+    assert manifest["tokens"] == len(counted) == len(windows) * (CTX - 2)
+    fired = (counted > 0).sum(0)
+    table = read_data(site, "skip2/index")
+    assert table["freq"] == pytest.approx((fired / len(counted)).tolist(), rel=1e-3)
+    reaches_position_1 = 0  # latents whose top contexts would include position 1 unskipped
+    for latent in range(48):
+        record = read_data(site, f"skip2/latents/{latent}")
+        assert record["fired"] == int(fired[latent]) == sum(record["hist"][1])
+        assert record["freq"] == pytest.approx(float(fired[latent]) / len(counted), rel=1e-3)
+        top = counted[:, latent].topk(min(6, record["fired"])).values
+        assert [c[4][c[1] - c[2]] for c in record["top"]] == pytest.approx(top.tolist(),
+                                                                           rel=1e-6)
+        for w, t, start, *_ in record["top"] + record["random"]:
+            assert t >= 2 and start >= 2
+            assert f[w, t - 1, latent] > 0
+        unskipped = f[..., latent].flatten().topk(6).indices % (CTX - 1)
+        reaches_position_1 += bool((unskipped == 0).any() and f[:, 0, latent].max() > 0)
+    assert reaches_position_1 > 0  # so the check above could fail
+
+
+# --- decoder directions ------------------------------------------------------------------------
+
+
 # --- decoder directions ------------------------------------------------------------------------
 
 
@@ -315,6 +355,14 @@ def test_user_errors_are_one_line_and_keep_the_out_folder(built, tmp_path, capsy
     )
     with pytest.raises(ConfigError, match="different hook_name.*--site"):
         build_site([dirs[0], other], tmp_path / "out")
+    skip2 = save_sparse_sae(tmp_path / "skip2", root / "model", root / "corpus.txt",
+                            skip_positions=2)  # relu records none: 1
+    with pytest.raises(ConfigError, match=r"different skip_positions \(relu: 1, skip2: 2\); "
+                                          "choose one with --skip-positions"):
+        build_site([dirs[0], skip2], tmp_path / "out")
+    with pytest.raises(ConfigError, match="skip_positions 15 is not accepted for windows of "
+                                          "16 tokens; accepted: an integer from 0 to 14"):
+        build_site([skip2], tmp_path / "out", options=BrowseOptions(skip_positions=15))
     wide = create_sae("relu", d_in=8, d_sae=4).save(
         tmp_path / "wide", metadata={"model_name": str(root / "model"), "hook_name": SITE}
     )
@@ -327,8 +375,11 @@ def test_user_errors_are_one_line_and_keep_the_out_folder(built, tmp_path, capsy
     capsys.readouterr()
     assert main(["browse", "--out", str(tmp_path / "x")]) == 2
     assert main(["browse", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["browse", str(skip2), "--out", str(tmp_path / "x"), "--skip-positions",
+                 "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "needs SAE_DIR" in err[0] and "not an SAE folder" in err[1]
+    assert len(err) == 3 and "needs SAE_DIR" in err[0] and "not an SAE folder" in err[1]
+    assert err[2].endswith("skip_positions -1 is not accepted; accepted: an integer >= 0")
     with pytest.raises(DataError, match="not a feature-browser site"):
         site_pages(tmp_path)
     with pytest.raises(DataError, match="not a feature-browser site"):
@@ -371,14 +422,23 @@ def test_cli_writes_a_site(built, tmp_path, capsys):
         "vocab.js",
     ]
     assert manifest["tokens"] == 2 * (CTX - 1)
+    # --skip-positions overrides the metadata, and settles SAEs that disagree
+    skip2 = save_sparse_sae(tmp_path / "skip2", root / "model", root / "corpus.txt",
+                            skip_positions=2)
+    assert main(["browse", str(dirs[0]), str(skip2), "--out", str(out), "--tokens", "30",
+                 "--skip-positions", "3"]) == 0
+    manifest = json.loads((out / "site.json").read_text())
+    assert manifest["skip_positions"] == 3 and manifest["tokens"] == 2 * (CTX - 3)
 
 
 @pytest.mark.slow
 def test_smollm2_site(no_network, tmp_path):
     """The embedded SmolLM2-135M: a site builds from its GGUF, the logit effects are W_U
-    times the RMSNorm gain times the decoder row, and token texts come from its tokenizer."""
+    times the RMSNorm gain times the decoder row, and token texts come from its tokenizer.
+    Loading the model is nearly all of its time (the site itself: two windows of 32 tokens)."""
     lm = load_model("smollm2-135m")
     site = "blocks.15.hook_resid_post"
+    torch.manual_seed(0)
     sae = create_sae("relu", d_in=lm.d_model, d_sae=16)
     path = sae.save(tmp_path / "sae", metadata={"model_name": "smollm2-135m", "hook_name": site})
     corpus = tmp_path / "text.txt"
@@ -396,4 +456,7 @@ def test_smollm2_site(no_network, tmp_path):
     assert [v for _, v in record["up"]] == pytest.approx(top.values.tolist(), rel=1e-3)
     vocab = read_data(out, "vocab")
     assert vocab[str(top.indices[0].item())] == lm.tokenizer.decode([top.indices[0].item()])
+    # latent 0 of a random SAE may fire on none of these tokens: look at the most frequent
+    freq = read_data(out, "sae/index")["freq"]
+    record = read_data(out, f"sae/latents/{freq.index(max(freq))}")
     assert record["top"] and all(str(t) in vocab for c in record["top"] for t in c[3])

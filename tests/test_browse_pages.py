@@ -5,6 +5,7 @@ independent encode of the text finds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -13,10 +14,10 @@ import urllib.request
 
 import pytest
 import torch
-from browse_helpers import SITE, build_tiny_site, read_data
+from browse_helpers import SITE, build_tiny_site, read_data, save_sparse_sae
 
 from gated_sae import load_sae
-from gated_sae.browse import make_server
+from gated_sae.browse import BrowseOptions, build_site, make_server
 from gated_sae.data.lm import load_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -152,17 +153,26 @@ def test_sorting_and_search(built, browser):
     assert page.problems == []
 
 
+@contextlib.contextmanager
+def serving(site, lm):
+    """The site served on a free port in a thread, until the block ends."""
+    server = make_server(site, port=0, lm=lm)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 @pytest.fixture
 def server(built):
     root, _, _ = built
     lm = load_model(str(root / "model"))
-    server = make_server(root / "site", port=0, lm=lm)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, lm
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(root / "site", lm) as server:
+        yield server, lm
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -211,3 +221,46 @@ def test_prompt_view_lists_the_latents_of_typed_text(built, browser, server):
     assert status == 200 and body["tokens"] == ids[1:]
     assert body["saes"]["relu"][1][0] == [int(f[1].argmax()), pytest.approx(float(f[1].max()))]
     assert post(f"{base}/api/other", b"{}")[0] == 404
+
+
+def test_prompt_view_leaves_out_the_sites_skipped_positions(built, browser, tmp_path):
+    """A site of an SAE trained with skip_positions 2: its index says so, and the prompt view
+    shows the text's first token (position 1) greyed and lists no latents on it; the others
+    as an independent encode finds them."""
+    root, _, _ = built
+    sae_dir = save_sparse_sae(tmp_path / "skip2", root / "model", root / "corpus.txt",
+                              skip_positions=2)
+    site = tmp_path / "site"
+    build_site([sae_dir], site, options=BrowseOptions(tokens=100, top=2, random=2),
+               progress=False)
+    lm = load_model(str(root / "model"))
+    text = "the cat sat on the mat"
+    ids = [lm.bos_token_id, *lm.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        f = load_sae(sae_dir).encode(lm.activations(torch.tensor([ids]), SITE)[0, 2:])
+    with serving(site, lm) as server:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        status, body = post(f"{base}/api/encode", json.dumps({"text": text}).encode())
+        assert status == 200 and body["tokens"] == ids[1:] and body["skipped"] == 1
+        latents = body["saes"]["skip2"]
+        assert latents[0] == [] and latents[1] and len(latents) == len(ids) - 1
+        for listed, row in zip(latents[1:], f, strict=True):
+            firing = sorted((row > 0).nonzero().squeeze(1).tolist(), key=lambda i: -row[i])
+            assert [i for i, _ in listed] == firing
+            assert [a for _, a in listed] == pytest.approx(row[firing].tolist())
+
+        page = Page(browser, allowed=("file://", base))
+        tab = page.open(f"{base}/prompt.html")
+        tab.locator("#text").fill(text)
+        tab.locator("#encode").click()
+        tab.wait_for_selector("#strip .tok")
+        tokens = tab.locator("#strip .tok")
+        assert [tokens.nth(k).get_attribute("class") for k in range(2)] == ["tok muted", "tok"]
+        tokens.first.click()
+        assert "not encoded" in tab.locator("#token-latents").inner_text()
+        tokens.nth(1).click()
+        assert tab.locator("#token-latents a").count() == len(latents[1])
+        tab = page.open((site / "index.html").as_uri())
+        summary = tab.locator("main p").first.inner_text()
+        assert "the first 2 positions (BOS first) kept out." in summary
+        assert page.problems == []

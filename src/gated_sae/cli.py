@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder; rerunning resumes")
     _keyword_flag(demo, run_demo, "cache_tokens", "tokens to cache", type=_count)
     _keyword_flag(demo, run_demo, "train_tokens", "training tokens per SAE", type=_count)
+    _keyword_flag(demo, run_demo, "browse_tokens", "tokens the feature browser reads",
+                  type=_count)
     _keyword_flag(demo, run_demo, "device", "cpu, cuda or cuda:N")
 
     sweep = commands.add_parser(
@@ -426,7 +428,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    report = run_demo(args.out, **_given(args, ("cache_tokens", "train_tokens", "device")))
+    report = run_demo(args.out, **_given(args, ("cache_tokens", "train_tokens",
+                                                 "browse_tokens", "device")))
     print(f"report: {report}")
 
 

@@ -36,13 +36,15 @@ MANIFEST = "site.json"
 class BrowseOptions:
     """How much the browser gathers. `tokens` are read from the corpus (in windows of
     `context_size`, default the SAEs' metadata context_size, else 128 or the model's context
-    length if shorter); `top` contexts and
+    length if shorter), past the first `skip_positions` of each (default the SAEs' metadata
+    skip_positions, else 1: BOS), which count nowhere; `top` contexts and
     `random` uniformly sampled ones per latent, each `before` + 1 + `after` tokens wide;
     `neighbours` nearest latents per SAE; `logits` promoted and suppressed tokens; a latent
     firing on at least a `dense` fraction of tokens is marked dense."""
 
     tokens: int = 200_000
     context_size: int | None = None
+    skip_positions: int | None = None
     batch_size: int = 32
     top: int = 20
     random: int = 20
@@ -64,6 +66,8 @@ class BrowseOptions:
             _check_int(name, getattr(self, name), 0)
         if self.context_size is not None:
             corpus.check_context_size(self.context_size)
+        if self.skip_positions is not None:
+            _check_int("skip_positions", self.skip_positions, 0)
         if not isinstance(self.dense, int | float) or not 0 < self.dense <= 1:
             raise ConfigError(f"dense {self.dense!r} is not accepted; accepted: a fraction in "
                               "(0, 1]")
@@ -94,10 +98,11 @@ def sae_metadata(sae_dir: Path) -> dict:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def _agreed(metadata: dict[str, dict], key: str, flag: str):
-    """The value all SAEs' metadata give `key`, None if none gives one; ConfigError if they
-    disagree (the flag overrides it)."""
-    values = {name: m.get(key) for name, m in metadata.items() if m.get(key) is not None}
+def _agreed(metadata: dict[str, dict], key: str, flag: str, default=None):
+    """The value all SAEs' metadata give `key` (`default` for one that records none), None if
+    none gives one; ConfigError if they disagree (the flag overrides it)."""
+    values = {name: m.get(key, default) for name, m in metadata.items()
+              if m.get(key, default) is not None}
     if len(set(map(str, values.values()))) > 1:
         listed = ", ".join(f"{name}: {value}" for name, value in values.items())
         raise ConfigError(f"the SAEs record different {key} ({listed}); choose one with {flag}")
@@ -170,9 +175,15 @@ def build_site(
     context_size = options.context_size or _agreed(metadata, "context_size", "--context-size")
     if context_size is not None:
         corpus.check_context_size(context_size)
+    skip = options.skip_positions
+    if skip is None:
+        skip = _agreed(metadata, "skip_positions", "--skip-positions", default=1)
+    if context_size is not None:
+        corpus.check_skip_positions(skip, context_size)
     lm = lm or load_model(model, device=device, dtype=model_dtype)
     context_size = context_size or min(128, lm.n_ctx or 128)
     corpus.check_context_size(context_size, lm.n_ctx)
+    corpus.check_skip_positions(skip, context_size)
 
     bos = corpus.special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
     width = lm.activations(torch.tensor([[bos, bos]]), site).shape[-1]  # checks the site too
@@ -182,13 +193,13 @@ def build_site(
                             f"expects d_in {sae.d_in}")
     n_windows = corpus.windows_for_tokens(options.tokens, context_size)
     batches = _batches(lm, dataset, context_size, n_windows, options.batch_size, text_field)
-    stats = collect(lm, saes, site, batches, context_size=context_size,
+    stats = collect(lm, saes, site, batches, context_size=context_size, skip_positions=skip,
                     n_tokens=n_windows * context_size, progress=progress, **options.sampling())
     n_tokens = next(iter(stats.values())).n_tokens
     if n_tokens == 0:
         raise DataError(f"dataset {dataset!r} has too little text for one window of "
                         f"{context_size} tokens")
-    manifest = new_manifest(model, site, dataset, context_size, n_tokens, options)
+    manifest = new_manifest(model, site, dataset, context_size, skip, n_tokens, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -201,13 +212,14 @@ def build_site(
     return out / "index.html"
 
 
-def new_manifest(model: str, site: str, dataset: str, context_size: int, n_tokens: int,
-                 options: BrowseOptions) -> dict:
+def new_manifest(model: str, site: str, dataset: str, context_size: int, skip_positions: int,
+                 n_tokens: int, options: BrowseOptions) -> dict:
     """What a site was built from; `_write` adds its SAEs and pairs."""
     return {
         "model": model, "site": site, "dataset": corpus.describe_dataset(dataset),
-        "context_size": context_size, "tokens": n_tokens,
-        "windows": n_tokens // (context_size - 1), "tokens_requested": options.tokens,
+        "context_size": context_size, "skip_positions": skip_positions, "tokens": n_tokens,
+        "windows": n_tokens // (context_size - skip_positions),
+        "tokens_requested": options.tokens,
         "options": asdict(options),
         "histogram": {"log2_low": LOG2_LOW, "bins_per_octave": BINS_PER_OCTAVE},
         "saes": [], "pairs": [],

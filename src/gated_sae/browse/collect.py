@@ -13,8 +13,10 @@ number of tokens:
   subset of that size is equally likely);
 
 each sample with the tokens of its window from `before` tokens before to `after` tokens after
-it, and the latent's activations on them. BOS positions are left out of everything: SAEs are
-trained without them, and their activations are outliers the model uses as an attention sink.
+it, and the latent's activations on them. The first `skip_positions` positions of every window
+(1: BOS) are left out of everything, contexts included: SAEs are trained without them, and
+their activations are outliers the model uses as an attention sink (SmolLM2 puts outliers on
+the token after BOS too, so its SAEs skip 2; docs/training.md).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Samples:
     and is -inf in empty slots; `floor` [d] is each latent's lowest held score, which a
     newcomer must beat; `position` is the global index `window × context + t` of the token
     (-1 when empty); `tokens` [d, size, span] are the window's token ids around it (-1 outside
-    the window or at BOS) and `acts` the latent's activations on them.
+    the window or at a skipped position) and `acts` the latent's activations on them.
     """
 
     score: torch.Tensor
@@ -126,9 +128,10 @@ class LatentStats:
     """The running statistics of one SAE's latents (see the module docstring)."""
 
     def __init__(self, d_sae: int, *, context_size: int, top: int, random: int, before: int,
-                 after: int, seed: int = 0, device: str | torch.device = "cpu"):
+                 after: int, skip_positions: int = 1, seed: int = 0,
+                 device: str | torch.device = "cpu"):
         device = torch.device(device)
-        self.d_sae, self.context_size = d_sae, context_size
+        self.d_sae, self.context_size, self.skip_positions = d_sae, context_size, skip_positions
         self.before, self.after = before, after
         span = before + 1 + after
         self.n_tokens = 0
@@ -140,8 +143,8 @@ class LatentStats:
         self.generator = torch.Generator(device).manual_seed(seed)
 
     def update(self, f: torch.Tensor, windows: torch.Tensor, first_window: int) -> None:
-        """Add the latents `f` [B, T-1, d_sae] of the non-BOS tokens of `windows` [B, T],
-        which are windows `first_window, first_window + 1, …` of the stream."""
+        """Add the latents `f` [B, T-s, d_sae] of positions s.. (s = `skip_positions`) of
+        `windows` [B, T], which are windows `first_window, first_window + 1, …` of the stream."""
         batch, length, d = f.shape
         flat = f.reshape(-1, d)
         row, latent = (flat > 0).nonzero(as_tuple=True)
@@ -152,14 +155,14 @@ class LatentStats:
         self.histogram.view(-1).index_add_(
             0, latent * N_BINS + histogram_bins(value), torch.ones_like(latent))
         offsets = torch.arange(-self.before, self.after + 1, device=f.device)
-        text = windows[:, 1:].to(f.device, torch.int32)
+        text = windows[:, self.skip_positions:].to(f.device, torch.int32)
 
         def describe(index: torch.Tensor):
             """Value, global position and the span of tokens and activations of pairs."""
             r, lat = row[index], latent[index]
             w, t = r // length, r % length
-            # BOS is position 0 of each window, so token t of `f` is at position t + 1.
-            position = (first_window + w) * self.context_size + t + 1
+            # token t of `f` is at position t + s of its window
+            position = (first_window + w) * self.context_size + t + self.skip_positions
             around = t[:, None] + offsets
             inside = (around >= 0) & (around < length)
             around = around.clamp(0, length - 1)
@@ -189,23 +192,26 @@ def collect(
     batches: Iterable[torch.Tensor],
     *,
     context_size: int,
+    skip_positions: int = 1,
     n_tokens: int | None = None,
     progress: bool = True,
     **options,
 ) -> dict[str, LatentStats]:
     """Run the model once over `batches` of token windows [B, context_size] (BOS first),
-    encode the activations at `site` with every SAE and gather each one's statistics.
+    encode the activations at `site` past the first `skip_positions` positions with every
+    SAE and gather each one's statistics.
 
     `n_tokens` (all tokens of all batches) sizes the progress bar; `options` go to
     `LatentStats` (top, random, before, after, seed).
     """
-    stats = {name: LatentStats(sae.d_sae, context_size=context_size, device=sae.W_dec.device,
+    stats = {name: LatentStats(sae.d_sae, context_size=context_size,
+                               skip_positions=skip_positions, device=sae.W_dec.device,
                                **options) for name, sae in saes.items()}
     seen = 0
     with tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="browse",
               disable=not progress) as bar, torch.inference_mode():
         for windows in batches:
-            acts = lm.activations(windows, site)[:, 1:]
+            acts = lm.activations(windows, site)[:, skip_positions:]
             for name, sae in saes.items():
                 x = acts.reshape(-1, acts.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)
                 f = sae.encode(x).float().view(*acts.shape[:2], sae.d_sae)

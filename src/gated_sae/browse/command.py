@@ -12,6 +12,8 @@ from .build import BrowseOptions
 _OPTION_FLAGS = {
     "tokens": "tokens to read",
     "context_size": "tokens per window (default: the SAEs' metadata, else 128)",
+    "skip_positions": "leading positions of each window left out, BOS first (default: the "
+                      "SAEs' metadata skip_positions, else 1)",
     "top": "top activating contexts per latent",
     "random": "randomly sampled contexts per latent",
     "batch_size": "windows per forward",
@@ -31,7 +33,8 @@ def add_browse_command(commands, count) -> None:
     browse.add_argument("--text-field", default="text")
     for name, text in _OPTION_FLAGS.items():
         default = getattr(BrowseOptions, name)
-        browse.add_argument("--" + name.replace("_", "-"), type=count,
+        browse.add_argument("--" + name.replace("_", "-"),
+                            type=int if name == "skip_positions" else count,  # 0 keeps BOS
                             help=text if default is None else f"{text} (default {default})")
     browse.add_argument("--device", default="cpu")
     browse.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"))

@@ -26,11 +26,15 @@ PER_TOKEN = 64  # latents listed per token, strongest first
 
 
 class PromptEncoder:
-    """Text → `{"tokens", "text", "truncated", "saes": {name: per token [[latent, act]…]}}`:
-    BOS then the text's tokens, cut to the site's context size, as in the site's windows."""
+    """Text → `{"tokens", "text", "truncated", "skipped", "saes": {name: per token
+    [[latent, act]…]}}`: BOS then the text's tokens, cut to the site's context size, as in the
+    site's windows. The text's first `skipped` tokens sit at positions the site leaves out
+    (its skip_positions past BOS): they are shown, but no latents are listed on them."""
 
-    def __init__(self, lm: LanguageModel, saes: dict[str, SAE], site: str, context_size: int):
+    def __init__(self, lm: LanguageModel, saes: dict[str, SAE], site: str, context_size: int,
+                 skip_positions: int = 1):
         self.lm, self.saes, self.site, self.context_size = lm, saes, site, context_size
+        self.first = max(skip_positions, 1)  # the first position encoded; BOS is never shown
         self.bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
 
     @torch.inference_mode()
@@ -39,18 +43,20 @@ class PromptEncoder:
         if not ids:
             raise DataError("the text has no tokens; type some text")
         window = [self.bos, *ids][: self.context_size]
-        acts = self.lm.activations(torch.tensor([window]), self.site)[0, 1:]
+        acts = self.lm.activations(torch.tensor([window]), self.site)[0, self.first:]
+        skipped = min(self.first, len(window)) - 1
         result = {
             "tokens": window[1:],
             "text": self.lm.tokenizer.batch_decode([[t] for t in window[1:]],
                                                    clean_up_tokenization_spaces=False),
             "truncated": len(ids) + 1 > self.context_size,
+            "skipped": skipped,
             "saes": {},
         }
         for name, sae in self.saes.items():
             f = sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
             values, latents = f.topk(min(PER_TOKEN, sae.d_sae), dim=1)
-            result["saes"][name] = [
+            result["saes"][name] = [[] for _ in range(skipped)] + [
                 [[i, v] for i, v in zip(row_ids, row_values, strict=True) if v > 0]
                 for row_ids, row_values in zip(latents.tolist(), values.tolist(), strict=True)
             ]
@@ -107,7 +113,8 @@ def make_server(site_dir: str | Path, *, port: int = 8000, device: str = "cpu",
     manifest = read_manifest(site_dir)
     saes = {s["name"]: load_sae(s["path"], device=device) for s in manifest["saes"]}
     lm = lm or load_model(manifest["model"], device=device, dtype=model_dtype)
-    encoder = PromptEncoder(lm, saes, manifest["site"], manifest["context_size"])
+    encoder = PromptEncoder(lm, saes, manifest["site"], manifest["context_size"],
+                            manifest.get("skip_positions", 1))  # not recorded before: BOS
     try:
         return ThreadingHTTPServer(("127.0.0.1", port),
                                    _handler(site_dir, encoder, threading.Lock()))

@@ -2,20 +2,25 @@
 
 Caches SmolLM2-135M activations at the middle of the residual stream, trains relu, gated and
 topk SAEs on the same stream, measures them (activation metrics and loss recovered on
-held-out text) and writes a short report with a table and a plot.
+held-out text), builds their feature browser and writes a short report with a table, a plot
+and links to the browser.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..browse import BrowseOptions, build_site, site_pages
+from ..browse.build import read_manifest
 from ..data.batches import cache_batches
 from ..data.cache import build_cache, load_cache
-from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE, load_model
+from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE, LanguageModel, load_model
 from ..data.source import ActivationSource
+from ..errors import DataError
 from ..evaluate.pipeline import evaluate_saes, heldout_windows
 from ..files import atomic_write_bytes, atomic_write_text
 from ..train.trainer import SAEConfig, TrainConfig, Trainer
@@ -40,6 +45,7 @@ def run_demo(
     cache_tokens: int = 100_000,
     train_tokens: int = 400_000,
     eval_windows: int = 48,
+    browse_tokens: int = 20_000,
     batch_size: int = 1024,
     device: str = "cpu",
     seed: int = 0,
@@ -59,18 +65,50 @@ def run_demo(
         checkpoint_every=100,
     )
     metadata = source.sae_metadata(skip_positions=SKIP_POSITIONS)
-    saes = Trainer(config, out / "saes", metadata).fit(
-        cache_batches(cache, batch_size, seed, skip_positions=SKIP_POSITIONS)
-    )
+    trainer = Trainer(config, out / "saes", metadata)
+    saes = trainer.fit(cache_batches(cache, batch_size, seed, skip_positions=SKIP_POSITIONS))
 
     windows = heldout_windows(lm, source, n_windows=eval_windows)
     rows = evaluate_saes(lm, saes, source.site, windows, skip_positions=SKIP_POSITIONS)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     plot_path = out / "demo.png"
     _plot(rows, source, plot_path)
+    browse = _browse(lm, [trainer.sae_dir(name) for name in saes], out / "browse",
+                     browse_tokens)
     report = out / "report.md"
-    atomic_write_text(report, _report(rows, source, config, cache.n_tokens, plot_path.name))
+    atomic_write_text(report, _report(rows, source, config, cache.n_tokens, plot_path.name)
+                      + _browse_links(browse, report.parent))
     return report
+
+
+def _browse(lm: LanguageModel, sae_dirs: list[Path], site: Path, tokens: int) -> Path:
+    """The SAEs' feature browser in `site`, built unless it holds one built from these
+    folders with these options (a finished run's SAEs never change: the trainer refuses
+    other settings in the same folder)."""
+    options = BrowseOptions(tokens=tokens)
+    try:
+        manifest = read_manifest(site)
+    except DataError:  # none yet
+        manifest = None
+    if (manifest is None or manifest["options"] != asdict(options)
+            or [s["path"] for s in manifest["saes"]] != [str(p.resolve()) for p in sae_dirs]):
+        build_site(sae_dirs, site, lm=lm, options=options)
+    return site
+
+
+def _browse_links(site: Path, start: Path) -> str:
+    """The report's paragraph linking to the browser in `site`, relative to `start`."""
+    pages = site_pages(site)
+    home = pages.pop("home")
+    prefix = site.relative_to(start).as_posix()
+    manifest = read_manifest(site)
+    links = " · ".join(f"[{name}]({prefix}/{page})" for name, page in pages.items())
+    return (
+        f"\n[Feature browser]({prefix}/{home}) of the SAEs ({links}): each latent's "
+        f"top and sampled contexts over {manifest['tokens']:,} tokens, its logit effects and "
+        "its nearest latents, and the matching across SAEs. It opens from disk; "
+        f"`gated-sae browse --serve --out {site}` adds the prompt view.\n"
+    )
 
 
 def _plot(rows: dict, source: ActivationSource, path: Path) -> None:

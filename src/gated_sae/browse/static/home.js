@@ -8,11 +8,15 @@
     header();
     const short = site.tokens < site.tokens_requested
       ? " (" + site.tokens_requested.toLocaleString() + " asked; the corpus has no more)" : "";
+    const skip = site.skip_positions ?? 1;  // sites written before it was recorded skip BOS
+    const kept = skip === 0 ? "BOS included"
+      : "the first " + (skip === 1 ? "position (BOS)" : skip + " positions (BOS first)") +
+        " kept out";
     main.append(
       el("h1", {}, "Feature browser"),
       el("p", {}, site.model + " at ", el("code", {}, site.site), ", corpus ",
          el("code", {}, site.dataset), ": " + site.tokens.toLocaleString() + " tokens" + short +
-         " in windows of " + site.context_size + " (BOS excluded)."),
+         " in windows of " + site.context_size + ", " + kept + "."),
       el("h2", {}, "SAEs"));
 
     const table = el("table", {id: "saes"},

@@ -46,16 +46,20 @@
       [...strip.children].forEach((span, k) => span.classList.toggle("chosen", k === t));
       const fired = result.saes[name][t];
       tokenLatents.replaceChildren(el("h3", {}, "Latents on \u201c" + result.text[t] + "\u201d"),
-        fired.length ? el("table", {}, fired.map(([i, a]) => el("tr", {},
-          el("td", {}, el("a", {href: link("latent.html", {s: name, i})}, name + " #" + i)),
-          el("td", {class: "num"}, fmt(a)))))
+        t < result.skipped
+          ? el("p", {class: "muted"}, "not encoded: the site leaves out the first " +
+                                      site.skip_positions + " positions of a window")
+          : fired.length ? el("table", {}, fired.map(([i, a]) => el("tr", {},
+            el("td", {}, el("a", {href: link("latent.html", {s: name, i})}, name + " #" + i)),
+            el("td", {class: "num"}, fmt(a)))))
           : el("p", {class: "muted"}, "none fires"));
     }
 
     function draw() {
       const name = choose.value;
       strip.replaceChildren(...result.text.map((t, k) => {
-        const span = el("span", {class: "tok"}, t.replace(/\n/g, "\u21b5"));
+        const span = el("span", {class: k < result.skipped ? "tok muted" : "tok"},
+                        t.replace(/\n/g, "\u21b5"));
         span.addEventListener("click", () => showToken(name, k));
         return span;
       }));
