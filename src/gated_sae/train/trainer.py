@@ -137,7 +137,7 @@ class TrainConfig:
         for s in self.saes:
             if s.lr is None:
                 s.lr = default_lr(s.arch, s.d_sae, self.steps)
-        needed = min(SHORT_RUN_LR_STEPS / self.steps, MAX_DEFAULT_LR)
+        needed = short_run_lr(self.steps)
         slow = [s.name or s.arch for s in self.saes if s.lr < needed / 2]
         if slow:
             warnings.warn(
@@ -187,8 +187,13 @@ def default_lr(arch: str, d_sae: int, steps: int) -> float:
     """The architecture's published learning rate, meant for runs of 100k+ steps, raised to
     SHORT_RUN_LR_STEPS / steps for shorter ones, but not above MAX_DEFAULT_LR
     (docs/training.md has the evidence)."""
-    published = sae_class(arch).default_lr(d_sae)
-    return max(published, min(SHORT_RUN_LR_STEPS / steps, MAX_DEFAULT_LR))
+    return max(sae_class(arch).default_lr(d_sae), short_run_lr(steps))
+
+
+def short_run_lr(steps: int) -> float:
+    """The learning rate a run of `steps` steps needs: SHORT_RUN_LR_STEPS / steps, at most
+    MAX_DEFAULT_LR."""
+    return min(SHORT_RUN_LR_STEPS / steps, MAX_DEFAULT_LR)
 
 
 def _positive(name: str, value) -> None:
