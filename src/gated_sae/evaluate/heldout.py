@@ -18,6 +18,8 @@ from ..saes.base import SAE
 
 ACTIVATION_SUMS = ("err_sq", "xhat_sq", "x_xhat", "xhat_mu", "active")
 SHARED_SUMS = ("window_tokens", "x_sq", "x_mu")
+LM_SHARED_SUMS = ("ce_clean", "ce_zero", "lm_predictions")  # lm_metrics' per-window sums
+LM_SUMS = ("ce_sae", "kl")
 
 
 def shared_window_sums(acts: torch.Tensor) -> tuple[dict[str, np.ndarray], torch.Tensor]:

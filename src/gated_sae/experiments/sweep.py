@@ -38,7 +38,7 @@ from ..data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET, check_skip_posi
 from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE
 from ..data.source import ActivationSource
 from ..errors import ConfigError, DataError, check_positive_int
-from ..evaluate.heldout import ACTIVATION_SUMS, SHARED_SUMS
+from ..evaluate.heldout import ACTIVATION_SUMS, LM_SHARED_SUMS, LM_SUMS, SHARED_SUMS
 from ..evaluate.pipeline import evaluate_saes, heldout_windows, site_activations
 from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
@@ -49,8 +49,6 @@ PRESETS = ("questions", "paper")
 # Converged: loss recovered moved by less than this over the last quarter of training.
 CONVERGENCE_TOLERANCE = 0.005
 CURVE_METRICS = ("l0", "fvu", "loss_recovered")
-LM_SHARED = ("ce_clean", "ce_zero", "lm_predictions")
-LM_OWN = ("ce_sae", "kl")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
 GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}
 
@@ -414,14 +412,14 @@ class Sweep:
         shared: dict = {}
         if self.heldout_path.is_file():
             with np.load(self.heldout_path) as old:
-                shared = {k: old[k] for k in (*SHARED_SUMS, "mu_sq", *LM_SHARED)}
+                shared = {k: old[k] for k in (*SHARED_SUMS, "mu_sq", *LM_SHARED_SUMS)}
                 for i, name in enumerate(old["names"].tolist()):
-                    per_sae[name] = {k: old[k][i] for k in (*ACTIVATION_SUMS, *LM_OWN)}
+                    per_sae[name] = {k: old[k][i] for k in (*ACTIVATION_SUMS, *LM_SUMS)}
         for name, sums in new.items():
-            shared = {k: sums[k] for k in (*SHARED_SUMS, "mu_sq", *LM_SHARED)}
-            per_sae[name] = {k: sums[k] for k in (*ACTIVATION_SUMS, *LM_OWN)}
+            shared = {k: sums[k] for k in (*SHARED_SUMS, "mu_sq", *LM_SHARED_SUMS)}
+            per_sae[name] = {k: sums[k] for k in (*ACTIVATION_SUMS, *LM_SUMS)}
         names = list(per_sae)
-        arrays = {k: np.stack([per_sae[n][k] for n in names]) for k in (*ACTIVATION_SUMS, *LM_OWN)}
+        arrays = {k: np.stack([per_sae[n][k] for n in names]) for k in (*ACTIVATION_SUMS, *LM_SUMS)}
         atomic_write_bytes(
             self.heldout_path, lambda f: np.savez(f, names=np.array(names), **shared, **arrays)
         )

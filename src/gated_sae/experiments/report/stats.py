@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...evaluate.heldout import ACTIVATION_SUMS, metrics_from_totals
+from ...evaluate.heldout import (
+    ACTIVATION_SUMS,
+    LM_SHARED_SUMS,
+    SHARED_SUMS,
+    metrics_from_totals,
+)
 
 REPLICATES = 1000
 RNG_SEED = 0
@@ -40,11 +45,11 @@ def window_metrics(heldout: dict, windows: np.ndarray, lm_windows: np.ndarray) -
     (activation windows) and `lm_windows` [R + 1, V] (LM windows)."""
     sums = {
         k: windows @ heldout[k].T for k in ACTIVATION_SUMS
-    } | {k: (windows @ heldout[k])[:, None] for k in ("window_tokens", "x_sq", "x_mu")}
+    } | {k: (windows @ heldout[k])[:, None] for k in SHARED_SUMS}
     sums["mu_sq"] = float(heldout["mu_sq"])
     if lm_windows.shape[1]:
         sums["ce_sae"] = lm_windows @ heldout["ce_sae"].T
-        for k in ("ce_clean", "ce_zero", "lm_predictions"):
+        for k in LM_SHARED_SUMS:
             sums[k] = (lm_windows @ heldout[k])[:, None]
     return metrics_from_totals(sums)
 
