@@ -376,19 +376,21 @@ def test_report_states_its_rules_paper_compute_and_what_is_open(report):
 
 def test_the_committed_report_rebuilds_from_its_results(tmp_path):
     """results/questions-smollm2-cpu/report.md is what `gated-sae report` writes from the files
-    beside it (run in /work/runs/q8; only the text is compared: plots depend on matplotlib)."""
+    beside it (only the text is compared: plots depend on matplotlib)."""
     committed = Path(__file__).parents[1] / "results" / "questions-smollm2-cpu"
-    folder = tmp_path / "q8"
+    folder = tmp_path / "q"
     folder.mkdir()
     for name in ("results.csv", "sweep.json", "heldout.npz", "curves.csv"):
-        if (committed / name).is_file():
-            shutil.copy(committed / name, folder / name)
+        shutil.copy(committed / name, folder / name)
     md = write_report(folder)[0].read_text()
-    assert md.replace(str(folder), "/work/runs/q8") == (committed / "report.md").read_text()
-    # its width families have two levels each, far apart: no L0 to fit or compare at
+    assert md.replace(str(folder), "results/questions-smollm2-cpu") == (
+        committed / "report.md").read_text()
+    # three widths with four levels each: a width law per architecture at two L0s, and
+    # fidelity that does not fall with width
     q3 = analyse(sweep_results(folder)).q3
-    assert q3.fit_l0s == {"relu": [], "gated": []} and q3.fits == []
-    assert not any(s.differences for s in q3.steps)
+    assert q3.fit_l0s == {"relu": [20.0, 40.0], "gated": [20.0, 40.0]}
+    assert [f.widths for f in q3.fits] == [[288, 576, 1152]] * 4
+    assert q3.steps and not any(s.falls for s in q3.steps)
 
 
 # --- files and the page ---------------------------------------------------------------------

@@ -34,8 +34,8 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
     t = findings.tally
     return [
         f"**Frontiers.** Runs with more than {DEAD_LIMIT:.0%} of their latents dead over the "
-        "last " + (f"{', '.join(fmt.count(t) for t in res.dead_window)} tokens"
-                   if res.dead_window else "window")
+        "last " + (f"{' or '.join(fmt.count(t) for t in res.dead_window)} tokens (by run "
+                   "length)" if res.dead_window else "window")
         + " of the training stream are set apart (\"Excluded runs\") and are on no frontier. "
         "Frontiers are compared at matched L0, never at matched λ: each is read linearly in "
         f"log L0 between adjacent levels at most {MAX_GAP}× apart, only inside the L0 range "
@@ -335,9 +335,10 @@ def unsettled_items(findings: Findings, metric: str) -> list[str]:
     if u.indicative:
         items.append(f"{fmt.series(u.indicative)}: fewer than {MIN_SEEDS} seeds, so their "
                      "verdicts are indicative.")
-    for fit in u.thin_fits:
-        items.append(f"The width law of {fit.variant} rests on {len(fit.widths)} widths for "
-                     "3 parameters: it cannot show that the form fits.")
+    for variant in dict.fromkeys(fit.variant for fit in u.thin_fits):
+        widths = max(len(fit.widths) for fit in u.thin_fits if fit.variant == variant)
+        items.append(f"The width law of {variant} rests on {widths} widths for 3 parameters: "
+                     "it cannot show that the form fits.")
     items += [f"{step.variant} gets worse from d_sae {step.narrow} to {step.wide} at matched "
               "L0: the wider SAE needs more tokens." for step in u.falling]
     items += [f"{f.variant} at d_sae {f.width}: its lr was not chosen on its frontier (its "

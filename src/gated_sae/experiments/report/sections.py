@@ -244,8 +244,9 @@ def section_q3(q3: Q3, res: SweepResults, images: Images) -> list[Block]:
         *difference_table(steps, "narrower", "wider"),
     ]
     if q3.equal_width:
-        rows = [(fmt.family(res.families[(GATED, w)]), fmt.family(res.families[(BASELINE, w)]),
-                 d) for w, ds in q3.equal_width for d in ds]
+        rows = [(fmt.family(res.families[(GATED, w)], f"gated {w}"),
+                 fmt.family(res.families[(BASELINE, w)], f"relu {w}"), d)
+                for w, ds in q3.equal_width for d in ds]
         blocks += [("h3", "Gated against relu at the other widths (equal width)"),
                    ("p", "d_sae " + ", ".join(str(w) for w, _ in q3.equal_width)
                     + "; the main width is in Q2."),
