@@ -179,3 +179,22 @@ def test_sae_parallel_sweep_writes_what_one_process_writes(tmp_path):
         assert (out / name).read_bytes() == (whole.parent / name).read_bytes(), name
     record = json.loads((out / "sweep.json").read_text())
     assert record["machine"]["ranks"] == 2
+
+
+@pytest.mark.slow
+def test_caching_split_over_ranks_writes_the_cache_one_process_writes(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_SENTENCES * 400))
+    model = save_tiny_model("llama", tmp_path / "lm")
+    args = ["cache", "--model", str(model), "--site", "blocks.1.hook_resid_post",
+            "--dataset", str(corpus), "--context-size", "16", "--tokens", "1100",
+            "--shard-tokens", "256", "--batch-size", "4"]
+    single = subprocess.run([sys.executable, "-m", "gated_sae", *args, "--out",
+                             str(tmp_path / "single")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    finished(torchrun([*args, "--out", str(tmp_path / "split")]))
+    manifests = [json.loads((tmp_path / f / "manifest.json").read_text())
+                 for f in ("single", "split")]
+    assert len(manifests[0]["shards"]) == 5 and manifests[1]["complete"]
+    assert manifests[0]["shards"] == manifests[1]["shards"]  # names, sizes and checksums

@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--device", default="cpu")
     _keyword_flag(cache, build_cache, "batch_size", "windows per forward", type=_count)
     _keyword_flag(cache, build_cache, "shard_tokens", "tokens per shard", type=_count)
+    _add_rank_timeout(cache)
 
     train = commands.add_parser(
         "train", help="train one SAE, or several (--config) on one stream of activations"
@@ -286,13 +287,15 @@ def cmd_cache(args: argparse.Namespace) -> None:
         raise ConfigError("cache needs --site, e.g. blocks.3.hook_resid_post")
     model = args.model or DEFAULT_MODEL
     source = _model_source(args, model, args.site)
-    lm = _load_lm(model, args.device, args.model_dtype)
+    world = init_world(args.device, args.rank_timeout)
+    lm = _load_lm(model, rank_device(args.device), args.model_dtype)
     out = build_cache(
         lm, source.site, source.dataset, n_tokens=args.tokens, out=args.out,
-        context_size=source.context_size, text_field=source.text_field,
+        context_size=source.context_size, text_field=source.text_field, world=world,
         **_given(args, ("dtype", "shard_tokens", "batch_size")),
     )
-    print(out)
+    if world.is_main:
+        print(out)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:

@@ -240,8 +240,8 @@ class Sweep:
     """Runs a SweepConfig into a folder: cache, passes, evaluation, results.csv.
 
     In a `world` of several ranks (torchrun) each pass's SAEs are spread over the ranks, which
-    all read the same batches and evaluate their own SAEs; rank 0 builds the cache and writes
-    the tables, so the folder is the one a single process writes.
+    all read the same batches and evaluate their own SAEs; the ranks share the caching, and
+    rank 0 writes the tables, so the folder is the one a single process writes.
     """
 
     def __init__(self, config: SweepConfig, out: str | Path, world: World = SINGLE_PROCESS):
@@ -338,18 +338,17 @@ class Sweep:
         cfg = self.config
         if cfg.cache is not None:
             return load_cache(cfg.cache)
-        out = self.out / "cache"
-        if self.world.is_main:
+        return load_cache(
             build_cache(
                 self._model(cfg.model or DEFAULT_MODEL),
                 cfg.site or DEFAULT_SITE,
                 cfg.dataset or DEFAULT_DATASET,
                 n_tokens=cfg.cache_tokens,
-                out=out,
+                out=self.out / "cache",
                 context_size=DEFAULT_CONTEXT_SIZE if cfg.context_size is None else cfg.context_size,
+                world=self.world,
             )
-        self.world.barrier()  # the other ranks wait for rank 0's cache
-        return load_cache(out)
+        )
 
     def _model(self, name: str, dtype: str | None = None):
         """The sweep's one model, loaded once: the one its cache is built from or holds."""
