@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=2304)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--archs", default="relu,gated,topk,jumprelu")
+    parser.add_argument("--archs", default="relu,gated,topk,jumprelu,relu,gated,topk,batchtopk")
     parser.add_argument("--out", default="benchmarks/results/distributed_cpu.json")
     args = parser.parse_args()
 

@@ -217,9 +217,9 @@ class Trainer:
     with the same weights an uninterrupted run would have (bitwise on CPU).
 
     In a `world` of several ranks (torchrun) the SAEs are spread over the ranks, balanced by
-    width; every rank reads the same batches and steps its own SAEs. The folder is the one a
-    single process writes: rank 0 writes the logs, curves, run record and checkpoint, each
-    rank its own SAEs' folders.
+    width and architecture (`SAE.relative_step_cost`); every rank reads the same batches and
+    steps its own SAEs. The folder is the one a single process writes: rank 0 writes the
+    logs, curves, run record and checkpoint, each rank its own SAEs' folders.
     """
 
     def __init__(self, config: TrainConfig, out: str | Path, metadata: dict | None = None,
@@ -246,7 +246,7 @@ class Trainer:
         """
         cfg, world = self.config, self.world
         run_file = self.out / "run.json"
-        owned = world.share([s.d_sae for s in cfg.saes])
+        owned = world.share([s.d_sae * sae_class(s.arch).relative_step_cost for s in cfg.saes])
         if world.is_main and world.size > len(cfg.saes):
             warnings.warn(f"{world.size} ranks share {len(cfg.saes)} SAEs: the ranks without "
                           "one only read batches", stacklevel=2)
@@ -435,9 +435,10 @@ class Trainer:
             sae = copy.deepcopy(slot.sae)
             sae.fold_input_scale_(scale)
             saes[slot.cfg.name] = sae
-        metrics = self._merged(self.world.gather(evaluate(saes) if saes else {}) or [])
+        gathered = self.world.gather(evaluate(saes) if saes else {})
         if not self.world.is_main:
             return
+        metrics = self._merged(gathered)
         tokens = step * self.config.batch_size
         lines = [
             json.dumps({"step": step, "tokens": tokens, "sae": name, **m}) + "\n"
