@@ -36,6 +36,7 @@ from .data.corpus import (
 from .data.lm import DEFAULT_MODEL
 from .data.source import ActivationSource
 from .data.synthetic import write_synthetic
+from .distributed import DEFAULT_TIMEOUT_SECONDS, init_world, leave_world, rank_device
 from .errors import ConfigError, DataError, GatedSAEError, check_positive_int
 from .evaluate.lm_metrics import LM_BATCH_SIZE
 from .evaluate.pipeline import SAE_BATCH_SIZE, evaluate_saes, evaluate_stored, heldout_windows
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--device", default="cpu")
     _keyword_flag(cache, build_cache, "batch_size", "windows per forward", type=_count)
     _keyword_flag(cache, build_cache, "shard_tokens", "tokens per shard", type=_count)
+    _add_rank_timeout(cache)
 
     train = commands.add_parser(
         "train", help="train one SAE, or several (--config) on one stream of activations"
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                        help="architecture option, e.g. b_mag=false (repeatable)")
     _field_flags(train, TrainConfig)
+    _add_rank_timeout(train)
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "scale)")
     sweep.add_argument("--out", required=True, help="sweep folder: results.csv, passes, cache")
     _field_flags(sweep, SweepConfig)
+    _add_rank_timeout(sweep)
 
     report = commands.add_parser("report", help="write report.md and report.html for a sweep")
     report.add_argument("sweep_dir")
@@ -229,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- shared helpers ---------------------------------------------------------------------------
+
+
+def _add_rank_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rank-timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before the job stops "
+             f"with an error (default: {DEFAULT_TIMEOUT_SECONDS})")
 
 
 def _check_device(device: str) -> None:
@@ -276,13 +287,15 @@ def cmd_cache(args: argparse.Namespace) -> None:
         raise ConfigError("cache needs --site, e.g. blocks.3.hook_resid_post")
     model = args.model or DEFAULT_MODEL
     source = _model_source(args, model, args.site)
-    lm = _load_lm(model, args.device, args.model_dtype)
+    world = init_world(args.device, args.rank_timeout)
+    lm = _load_lm(model, rank_device(args.device), args.model_dtype)
     out = build_cache(
         lm, source.site, source.dataset, n_tokens=args.tokens, out=args.out,
-        context_size=source.context_size, text_field=source.text_field,
+        context_size=source.context_size, text_field=source.text_field, world=world,
         **_given(args, ("dtype", "shard_tokens", "batch_size")),
     )
-    print(out)
+    if world.is_main:
+        print(out)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -355,8 +368,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder; give a folder")
+    world = init_world(config.device, args.rank_timeout)
+    config.device = rank_device(config.device)
     batches, metadata = _train_source(args, config)
-    saes = Trainer(config, out, metadata=metadata).fit(batches)
+    saes = Trainer(config, out, metadata=metadata, world=world).fit(batches)
     for name in saes:
         print(out / name)
 
@@ -440,7 +455,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         raise ConfigError("sweep needs exactly one of a CONFIG file or --preset")
     config = load_sweep_config(args.config, args.preset)
     config = replace(config, **_given(args, _flagged(SweepConfig)))
-    print(f"results: {Sweep(config, args.out).run()}")
+    world = init_world(config.device, args.rank_timeout)
+    results = Sweep(replace(config, device=rank_device(config.device)), args.out, world).run()
+    if world.is_main:
+        print(f"results: {results}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -470,4 +488,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gated-sae: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave_world()
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..distributed import SINGLE_PROCESS, World
 from ..errors import ConfigError, DataError, check_positive_int
 from ..files import TMP_SUFFIX, atomic_write_npy, atomic_write_text, writing_to
 from .activations_file import check_finite
@@ -144,6 +145,7 @@ def build_cache(
     batch_size: int = 32,
     text_field: str = "text",
     progress: bool = True,
+    world: World = SINGLE_PROCESS,
 ) -> Path:
     """Cache the activations of `lm` at `site` on train windows of `dataset`; return `out`.
 
@@ -151,6 +153,10 @@ def build_cache(
     about `shard_tokens` tokens, running `batch_size` windows per forward. Everything is
     validated before `out` is created. If `out` holds a partial cache built with the same
     arguments, the run resumes after its last complete shard; other arguments → ConfigError.
+
+    In a `world` of several ranks each rank writes every world.size-th shard; rank 0 lists
+    them in the one manifest, a round of shards at a time, so the manifest still lists only
+    whole shards, in order, and the folder is the one a single process writes.
     """
     if dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache dtype {dtype!r} is not accepted; accepted: "
@@ -188,7 +194,40 @@ def build_cache(
         "tokens_sha256": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
     }
     manifest = _check_resumable(out, config)
+    world.barrier()  # every rank has read the folder before rank 0 prepares it
+    if world.is_main:
+        manifest = _prepare(out, config, manifest)
+    manifest = world.broadcast(manifest)
 
+    shard_seqs = config["shard_seqs"]
+    n_shards = -(-n_seq // shard_seqs)
+    done = len(manifest["shards"])
+    bar = tqdm(total=n_seq * context_size, unit="tok", desc=f"caching {site}",
+               initial=min(n_seq, done * shard_seqs) * context_size,
+               disable=not progress or not world.is_main)
+    with bar:
+        while done < n_shards:
+            index = done + world.rank
+            rows = windows[index * shard_seqs:(index + 1) * shard_seqs]
+            entry = (_write_shard(lm, site, out, index, rows, config, batch_size, bar,
+                                  world.size) if index < n_shards else None)
+            entries = [e for e in world.all_gather(entry) if e is not None]
+            manifest["shards"] += entries
+            done += len(entries)
+            manifest["complete"] = done == n_shards
+            manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+            if world.is_main:
+                _write_json_atomic(out / MANIFEST, manifest)
+    if not manifest["complete"] and world.is_main:  # a resumed run's last write was cut short
+        manifest["complete"] = True
+        _write_json_atomic(out / MANIFEST, manifest)
+    world.barrier()
+    return out
+
+
+def _prepare(out: Path, config: dict, manifest: dict | None) -> dict:
+    """The cache folder made ready to write shards into: created, cleared of a killed run's
+    temporary files, with a manifest (a new one, or the resumed one with its shards checked)."""
     with writing_to(out):
         out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by a killed run
@@ -203,7 +242,7 @@ def build_cache(
             "config": config,
             **{k: config[k] for k in ("model", "site", "dataset", "tokenizer", "context_size",
                                       "d_in", "dtype", "n_seq")},
-            "n_tokens": n_seq * context_size,
+            "n_tokens": config["n_seq"] * config["context_size"],
             "split": f"train (windows k with k % {HELDOUT_EVERY} != {HELDOUT_EVERY - 1})",
             "complete": False,
             "shards": [],
@@ -217,30 +256,12 @@ def build_cache(
         for shard in manifest["shards"]:
             for kind in ("tokens", "acts"):
                 _check_size(out / shard[kind], shard[f"{kind}_bytes"])
-
-    shard_seqs = config["shard_seqs"]
-    done = sum(shard["n_seq"] for shard in manifest["shards"])
-    bar = tqdm(total=n_seq * context_size, initial=done * context_size, unit="tok",
-               desc=f"caching {site}", disable=not progress)
-    with bar:
-        while done < n_seq:
-            index = len(manifest["shards"])
-            rows = windows[done:min(done + shard_seqs, n_seq)]
-            entry = _write_shard(lm, site, out, index, rows, config, batch_size, bar)
-            manifest["shards"].append(entry)
-            done += entry["n_seq"]
-            manifest["complete"] = done == n_seq
-            manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-            _write_json_atomic(out / MANIFEST, manifest)
-    if not manifest["complete"]:  # resumed a run whose last manifest write was cut short
-        manifest["complete"] = True
-        _write_json_atomic(out / MANIFEST, manifest)
-    return out
+    return manifest
 
 
 def _write_shard(
     lm: Any, site: str, out: Path, index: int, rows: torch.Tensor, config: dict,
-    batch: int, bar: tqdm,
+    batch: int, bar: tqdm, ranks: int = 1,
 ) -> dict:
     """Write one shard's token and activation files atomically; return its manifest entry."""
     n, ctx, d_in, dtype = rows.shape[0], config["context_size"], config["d_in"], config["dtype"]
@@ -251,7 +272,7 @@ def _write_shard(
             ids = rows[start:start + batch].long()
             got = lm.activations(ids, site)
             yield _storage_array(got, dtype, f"activations of {site} for cache shard {index}")
-            bar.update(ids.numel())
+            bar.update(ids.numel() * ranks)  # the other ranks' shards move as fast
 
     # The large file first: where space runs out, it is likely to be while writing it, and
     # then no file of this shard is in place yet (the manifest lists only whole shards).

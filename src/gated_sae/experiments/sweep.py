@@ -37,6 +37,7 @@ from ..data.cache import build_cache, load_cache
 from ..data.corpus import DEFAULT_CONTEXT_SIZE, DEFAULT_DATASET, check_skip_positions
 from ..data.lm import DEFAULT_MODEL, DEFAULT_SITE
 from ..data.source import ActivationSource
+from ..distributed import SINGLE_PROCESS, World
 from ..errors import ConfigError, DataError, check_positive_int
 from ..evaluate.heldout import ACTIVATION_SUMS, LM_SHARED_SUMS, LM_SUMS, SHARED_SUMS
 from ..evaluate.pipeline import evaluate_saes, heldout_windows, site_activations
@@ -236,10 +237,16 @@ def convergence(curve: list[dict]) -> dict:
 
 
 class Sweep:
-    """Runs a SweepConfig into a folder: cache, passes, evaluation, results.csv."""
+    """Runs a SweepConfig into a folder: cache, passes, evaluation, results.csv.
 
-    def __init__(self, config: SweepConfig, out: str | Path):
+    In a `world` of several ranks (torchrun) each pass's SAEs are spread over the ranks, which
+    all read the same batches and evaluate their own SAEs; the ranks share the caching, and
+    rank 0 writes the tables, so the folder is the one a single process writes.
+    """
+
+    def __init__(self, config: SweepConfig, out: str | Path, world: World = SINGLE_PROCESS):
         self.config, self.out = config, Path(out)
+        self.world = world
         self.points = expand_grid(config)
         for name in ("max_saes_per_pass", "eval_windows", "curve_points", "curve_windows"):
             check_positive_int(name, getattr(config, name))
@@ -265,15 +272,18 @@ class Sweep:
         source.check_agrees(f"cache {cache.path}", model=cfg.model, site=cfg.site,
                             dataset=cfg.dataset, context_size=cfg.context_size)
         check_skip_positions(cfg.skip_positions, source.context_size)
-        self.out.mkdir(parents=True, exist_ok=True)
+        world = self.world
         record = self._record(cache.d_in, source)
-        atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
+        if world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
         passes = plan_passes(self.points, cfg.max_saes_per_pass)
         for index, (pass_id, points) in enumerate(passes, 1):
             todo = [p for p in points if p.sae.name not in done]
             if not todo:
                 continue
-            print(f"sweep pass {index}/{len(passes)}: {len(points)} SAEs ({pass_id})")
+            if world.is_main:
+                print(f"sweep pass {index}/{len(passes)}: {len(points)} SAEs ({pass_id})")
             train = TrainConfig(
                 saes=[p.sae for p in points],
                 batch_size=cfg.batch_size,
@@ -284,15 +294,19 @@ class Sweep:
                    **cfg.train},
             )
             metadata = source.sae_metadata(skip_positions=cfg.skip_positions)
-            trainer = Trainer(train, self.out / "passes" / pass_id, metadata)
+            trainer = Trainer(train, self.out / "passes" / pass_id, metadata, world)
             pass_started = time.perf_counter()
             batches = cache_batches(cache, cfg.batch_size, points[0].seed,
                                     skip_positions=cfg.skip_positions)
             saes = trainer.fit(batches, self._curve_evaluation(source))
             pass_seconds = time.perf_counter() - pass_started
             eval_started = time.perf_counter()
-            metrics = self._evaluate({p.sae.name: saes[p.sae.name] for p in todo}, source)
-            eval_seconds = (time.perf_counter() - eval_started) / len(todo)
+            mine = {p.sae.name: saes[p.sae.name] for p in todo if p.sae.name in saes}
+            metrics = self._evaluate(mine, source) if mine else {}
+            eval_seconds = (time.perf_counter() - eval_started) / max(1, len(mine))
+            for m in metrics.values():
+                m["eval_seconds"] = eval_seconds
+            metrics = {k: v for ranks in world.all_gather(metrics) for k, v in ranks.items()}
             run = json.loads((trainer.out / "run.json").read_text())
             curves = _read_curves(trainer.curves_path)
             for point in todo:
@@ -304,14 +318,17 @@ class Sweep:
                     "train_dead_tokens": train.dead_tokens,
                     "train_seconds": run["timing"]["step_seconds"][name],
                     "pass_seconds": pass_seconds,
-                    "eval_seconds": eval_seconds,
+                    "eval_seconds": metrics[name]["eval_seconds"],
                 }
-            self._write_heldout({p.sae.name: metrics[p.sae.name]["windows"] for p in todo})
-            self._write_curves(done, passes)
-            self._write_results(done)
-        record["total_seconds"] = time.perf_counter() - started
-        record["cache_seconds"] = cache_seconds
-        atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
+            if world.is_main:
+                self._write_heldout({p.sae.name: metrics[p.sae.name]["windows"] for p in todo})
+                self._write_curves(done, passes)
+                self._write_results(done)
+        if world.is_main:
+            record["total_seconds"] = time.perf_counter() - started
+            record["cache_seconds"] = cache_seconds
+            atomic_write_text(self.out / "sweep.json", json.dumps(record, indent=2) + "\n")
+        world.barrier()
         return self.results_path
 
     # --- data ---------------------------------------------------------------------------
@@ -329,6 +346,7 @@ class Sweep:
                 n_tokens=cfg.cache_tokens,
                 out=self.out / "cache",
                 context_size=DEFAULT_CONTEXT_SIZE if cfg.context_size is None else cfg.context_size,
+                world=self.world,
             )
         )
 
@@ -450,6 +468,7 @@ class Sweep:
                 "cpu": platform.processor() or platform.machine(),
                 "cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(),
+                "ranks": self.world.size,
                 "device": self.config.device,
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -79,6 +79,10 @@ class SAE(nn.Module):
     adam_betas: ClassVar[tuple[float, float]] = (0.0, 0.999)  # Gated/JumpReLU papers
     default_sparsity_coef: ClassVar[float]  # λ where a config names none
     resamples_dead_latents: ClassVar[bool] = False  # takes Bricken et al.'s resampling
+    # A training step's time relative to relu's at the same width, which spreads SAEs evenly
+    # over ranks. Measured on CPU (d_in 576, d_sae 2304, batch 1024, 60 steps from the start,
+    # one thread): relu 0.145 s, gated 0.227, jumprelu 0.216, batchtopk 0.095, topk 0.064.
+    relative_step_cost: ClassVar[float] = 1.0
     # The axis that indexes latents, for every parameter but b_dec that an option can give.
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0}
     # Parameters that multiply the (scaled) input: folding the input scale multiplies them by it.

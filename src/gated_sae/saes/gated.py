@@ -84,6 +84,7 @@ class GatedSAE(SAE):
     """
 
     architecture = "gated"
+    relative_step_cost = 1.6
     saelens_reads = "gated"
     default_sparsity_coef = 5.0
     resamples_dead_latents = True

@@ -60,6 +60,7 @@ class JumpReLUSAE(SAE):
     """
 
     architecture = "jumprelu"
+    relative_step_cost = 1.5
     saelens_architecture = saelens_reads = "jumprelu"
     default_sparsity_coef = 0.5
     latent_axes = {**SAE.latent_axes, "b_enc": 0, "threshold": 0}

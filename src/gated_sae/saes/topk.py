@@ -26,6 +26,7 @@ class TopKSAE(SAE):
     """
 
     architecture = "topk"
+    relative_step_cost = 0.45
     saelens_architecture = saelens_reads = "topk"
     adam_betas = (0.9, 0.999)  # Gao et al.
     default_sparsity_coef = 0.0  # unused: k sets the sparsity
@@ -182,6 +183,7 @@ class BatchTopKSAE(TopKSAE):
     """
 
     architecture = "batchtopk"
+    relative_step_cost = 0.65
     saelens_architecture = "jumprelu"
     saelens_reads = None  # a SAELens jumprelu folder is a JumpReLU SAE
     threshold_momentum = 0.99

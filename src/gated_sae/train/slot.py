@@ -50,6 +50,9 @@ class TrainingSlot:
         self.device_type = torch.device(device).type
         self.matmul_dtype = PRECISIONS[precision]
         torch.manual_seed(init_seed(seed, cfg, d_in))
+        # The slot's own draws (resampling), so that an SAE trains the same whichever SAEs,
+        # or ranks, it shares a run with.
+        self.generator = torch.Generator().manual_seed(init_seed(seed, cfg, d_in))
         self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
         # A run sets lr from its steps when it is not given (trainer.default_lr); a slot used
         # alone (benchmarks, tests) knows no steps and takes the architecture's published lr.
@@ -67,6 +70,7 @@ class TrainingSlot:
             "optimizer": self.optimizer.state_dict(),
             "tokens_since_fired": self.tokens_since_fired,
             "density": self.density,
+            "generator": self.generator.get_state(),
         }
 
     def load_state(self, state: dict) -> None:
@@ -74,6 +78,7 @@ class TrainingSlot:
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.density = state["density"]
+        self.generator.set_state(state["generator"])
 
     def choose_step(self, step: str, batch_size: int) -> str:
         """`dense` or `sparse`: as forced, or (auto) whichever is cheaper at the density of
@@ -120,7 +125,7 @@ class TrainingSlot:
         return replace(out, loss=out.loss.detach(), latents=None)
 
     @torch.no_grad()
-    def resample_dead(self, x: torch.Tensor, window_tokens: int, generator: torch.Generator) -> int:
+    def resample_dead(self, x: torch.Tensor, window_tokens: int) -> int:
         """Bricken et al. 2023: latents silent for the whole window restart from inputs drawn
         with probability ∝ loss² (`SAE.resample_latents_`), with fresh Adam state."""
         dead = torch.nonzero(self.tokens_since_fired >= window_tokens).flatten()
@@ -130,7 +135,8 @@ class TrainingSlot:
         weights = per_input_loss.pow(2).cpu()
         if float(weights.sum()) <= 0:
             return 0
-        picks = torch.multinomial(weights, dead.numel(), replacement=True, generator=generator)
+        picks = torch.multinomial(weights, dead.numel(), replacement=True,
+                                  generator=self.generator)
         self.sae.resample_latents_(dead, x[picks.to(x.device)])
         for _, p, axis in self.sae.latent_parameters():
             for moment in ("exp_avg", "exp_avg_sq"):

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.batches import BatchStream
+from ..distributed import SINGLE_PROCESS, World
 from ..errors import ConfigError, DataError, GatedSAEError, check_positive_int
 from ..files import append_whole, atomic_write_text
 from ..saes import ARCHITECTURES, SAE, sae_class
@@ -214,11 +215,18 @@ class Trainer:
 
     Running again with the same `out` and config resumes from the last checkpoint, and ends
     with the same weights an uninterrupted run would have (bitwise on CPU).
+
+    In a `world` of several ranks (torchrun) the SAEs are spread over the ranks, balanced by
+    width and architecture (`SAE.relative_step_cost`); every rank reads the same batches and
+    steps its own SAEs. The folder is the one a single process writes: rank 0 writes the
+    logs, curves, run record and checkpoint, each rank its own SAEs' folders.
     """
 
-    def __init__(self, config: TrainConfig, out: str | Path, metadata: dict | None = None):
+    def __init__(self, config: TrainConfig, out: str | Path, metadata: dict | None = None,
+                 world: World = SINGLE_PROCESS):
         self.config, self.out = config, Path(out)
         self.metadata = metadata or {}
+        self.world = world
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.log_path = self.out / "metrics.jsonl"
         self.curves_path = self.out / "curves.jsonl"
@@ -229,14 +237,19 @@ class Trainer:
     def fit(
         self, batches: Iterable[torch.Tensor], evaluate: Evaluation | None = None
     ) -> dict[str, SAE]:
-        """Train to the token budget; write each SAE (input scale folded in) to `out/<name>`.
+        """Train to the token budget; write each SAE (input scale folded in) to `out/<name>`
+        and return this rank's SAEs (all of them in a single process).
 
         With `evaluate`, every `eval_every` steps and at the end the SAEs (copies, input scale
         folded in) are measured by it, and its metrics appended to `out/curves.jsonl`: one
         line per SAE with `step`, `tokens`, `sae` and the metrics.
         """
-        cfg = self.config
+        cfg, world = self.config, self.world
         run_file = self.out / "run.json"
+        owned = world.share([s.d_sae * sae_class(s.arch).relative_step_cost for s in cfg.saes])
+        if world.is_main and world.size > len(cfg.saes):
+            warnings.warn(f"{world.size} ranks share {len(cfg.saes)} SAEs: the ranks without "
+                          "one only read batches", stacklevel=2)
         if run_file.is_file():
             run = json.loads(run_file.read_text())
             if run.get("config") != asdict(cfg):
@@ -247,8 +260,10 @@ class Trainer:
             if run.get("finished"):
                 from ..saes import load_sae
 
-                return {s.name: load_sae(self.sae_dir(s.name)) for s in cfg.saes}
+                return {cfg.saes[i].name: load_sae(self.sae_dir(cfg.saes[i].name))
+                        for i in owned}
         resume = load_checkpoint(self.checkpoint_path) if self.checkpoint_path.is_file() else None
+        world.barrier()  # every rank has read the folder before rank 0 rewrites it
         start = resume["step"] if resume else 0
         stream = (
             batches.iter_from(start)
@@ -259,15 +274,15 @@ class Trainer:
         first = self._next_batch(stream, start)
         d_in = first.shape[1]
 
-        slots = [TrainingSlot(s, d_in, cfg.device, cfg.seed, cfg.precision) for s in cfg.saes]
-        generator = torch.Generator().manual_seed(cfg.seed)
+        slots = [TrainingSlot(cfg.saes[i], d_in, cfg.device, cfg.seed, cfg.precision)
+                 for i in owned]
         if resume:
             scale = resume["input_scale"]
-            for slot, state in zip(slots, resume["slots"], strict=True):
-                slot.load_state(state)
-            generator.set_state(resume["generator"])
-            for path in (self.log_path, self.curves_path):
-                _truncate_lines(path, start)
+            for slot, i in zip(slots, owned, strict=True):
+                slot.load_state(resume["slots"][i])
+            if world.is_main:
+                for path in (self.log_path, self.curves_path):
+                    _truncate_lines(path, start)
         else:
             # One batch is too small a sample: a single outlier token (residual streams have
             # some with 40× the median norm) shifts the scale by tens of percent, and with it
@@ -281,13 +296,17 @@ class Trainer:
             sample = sample.to(cfg.device, torch.float32) * scale
             for slot in slots:
                 slot.sae.init_from_data(sample)
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.log_path.unlink(missing_ok=True)
-            self.curves_path.unlink(missing_ok=True)
-        atomic_write_text(run_file, json.dumps(self._run_record(d_in, scale, False), indent=2))
+            if world.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.log_path.unlink(missing_ok=True)
+                self.curves_path.unlink(missing_ok=True)
+        if world.is_main:
+            run = self._run_record(d_in, scale, False)
+            atomic_write_text(run_file, json.dumps(run, indent=2))
 
-        logger = _Logger(self.log_path, cfg.wandb_project, asdict(cfg))
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        logger = _Logger(self.log_path, cfg.wandb_project if world.is_main else None, asdict(cfg))
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not world.is_main)
         batch = first
         # Time in SAE steps alone, against the loop's wall time: what reading, moving and
         # shuffling batches and logging cost on top (benchmarks/sweep_amortization.py).
@@ -322,19 +341,17 @@ class Trainer:
                     paths[slot.cfg.name][path]["seconds"] += seconds
                     every, resampled = slot.cfg.resample_every, None
                     if every and (step + 1) % every == 0:
-                        resampled = slot.resample_dead(x, every * cfg.batch_size, generator)
+                        resampled = slot.resample_dead(x, every * cfg.batch_size)
                     records.append((slot, out, resampled))
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                    logger.log(
-                        step + 1,
-                        (step + 1) * cfg.batch_size,
-                        lr_scale,
-                        coef_scale,
-                        records,
-                        cfg.dead_tokens,
-                    )
+                    rows = _log_rows(step + 1, (step + 1) * cfg.batch_size, lr_scale, coef_scale,
+                                     records, cfg.dead_tokens)
+                    rows = self._in_config_order(world.all_gather(rows))
+                    _check_finite(rows)
+                    if world.is_main:
+                        logger.log(rows)
                     bar.set_postfix_str(
-                        " ".join(f"{s.cfg.name}:L0={float(o.l0):.1f}" for s, o, _ in records[:3])
+                        " ".join(f"{r['sae']}:L0={r['l0']:.1f}" for r in rows[:3])
                     )
                 bar.update(1)
                 done = step + 1
@@ -343,16 +360,10 @@ class Trainer:
                 ):
                     self._evaluate(evaluate, done, scale, slots)
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                    self._save_checkpoint(done, scale, slots, generator)
+                    self._save_checkpoint(done, scale, slots)
         dead = {
             s.cfg.name: float((s.tokens_since_fired >= cfg.dead_tokens).float().mean())
             for s in slots
-        }
-        timing = {
-            "steps": cfg.steps - start,
-            "wall_seconds": time.perf_counter() - loop_started,
-            "step_seconds": step_seconds,
-            "paths": paths,
         }
         logger.close()
         result = {}
@@ -364,10 +375,31 @@ class Trainer:
                 metadata={**self.metadata, "training": asdict(slot.cfg)},
             )
             result[slot.cfg.name] = sae
-        record = {**self._run_record(d_in, scale, True), "timing": timing, "dead_fraction": dead}
-        atomic_write_text(run_file, json.dumps(record, indent=2))
-        self.checkpoint_path.unlink(missing_ok=True)
+        wall_seconds = time.perf_counter() - loop_started
+        ranks = world.gather((dead, step_seconds, paths))  # after every rank saved its SAEs
+        if world.is_main:
+            timing = {
+                "steps": cfg.steps - start,
+                "wall_seconds": wall_seconds,
+                "step_seconds": self._merged(r[1] for r in ranks),
+                "paths": self._merged(r[2] for r in ranks),
+            }
+            dead = self._merged(r[0] for r in ranks)
+            record = {**self._run_record(d_in, scale, True), "timing": timing,
+                      "dead_fraction": dead}
+            atomic_write_text(run_file, json.dumps(record, indent=2))
+            self.checkpoint_path.unlink(missing_ok=True)
+        world.barrier()  # the run is finished on disk before any rank goes on
         return result
+
+    def _merged(self, per_rank: Iterable[dict]) -> dict:
+        """The ranks' dicts by SAE name as one, in the config's order."""
+        merged = {k: v for d in per_rank for k, v in d.items()}
+        return {s.name: merged[s.name] for s in self.config.saes}
+
+    def _in_config_order(self, per_rank: list[list[dict]]) -> list[dict]:
+        order = {s.name: i for i, s in enumerate(self.config.saes)}
+        return sorted((r for rows in per_rank for r in rows), key=lambda r: order[r["sae"]])
 
     def _next_batch(self, stream: Iterator[torch.Tensor], step: int) -> torch.Tensor:
         try:
@@ -386,16 +418,16 @@ class Trainer:
             raise DataError(f"batch {step} contains NaN or Inf; activations must be finite")
         return batch
 
-    def _save_checkpoint(self, step: int, scale: float, slots, generator) -> None:
-        save_checkpoint(
-            self.checkpoint_path,
-            {
-                "step": step,
-                "input_scale": scale,
-                "slots": [slot.state() for slot in slots],
-                "generator": generator.get_state(),
-            },
-        )
+    def _save_checkpoint(self, step: int, scale: float, slots) -> None:
+        """One checkpoint of every SAE, written by rank 0 in the config's order, so that a
+        run resumes on any number of ranks."""
+        states = self.world.gather({s.cfg.name: _to_cpu(s.state()) for s in slots})
+        if self.world.is_main:
+            states = self._merged(states)
+            save_checkpoint(
+                self.checkpoint_path,
+                {"step": step, "input_scale": scale, "slots": list(states.values())},
+            )
 
     def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots) -> None:
         saes = {}
@@ -403,11 +435,14 @@ class Trainer:
             sae = copy.deepcopy(slot.sae)
             sae.fold_input_scale_(scale)
             saes[slot.cfg.name] = sae
-        metrics = evaluate(saes)
+        gathered = self.world.gather(evaluate(saes) if saes else {})
+        if not self.world.is_main:
+            return
+        metrics = self._merged(gathered)
         tokens = step * self.config.batch_size
         lines = [
-            json.dumps({"step": step, "tokens": tokens, "sae": name, **metrics[name]}) + "\n"
-            for name in saes
+            json.dumps({"step": step, "tokens": tokens, "sae": name, **m}) + "\n"
+            for name, m in metrics.items()
         ]
         append_whole(self.curves_path, "".join(lines))
 
@@ -437,6 +472,47 @@ def _truncate_lines(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
+def _to_cpu(state):
+    """A state dict with its tensors on the CPU, to gather across ranks and save."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to_cpu(v) for v in state]
+    return state
+
+
+def _log_rows(step, tokens, lr_scale, coef_scale, records, dead_tokens) -> list[dict]:
+    """The logged metrics of a step, a row per SAE."""
+    rows = []
+    for slot, out, resampled in records:
+        row = {
+            "step": step,
+            "tokens": tokens,
+            "sae": slot.cfg.name,
+            "lr": slot.cfg.lr * lr_scale,
+            "sparsity_coef": slot.cfg.sparsity_coef * coef_scale,
+            "loss": float(out.loss),
+        }
+        row.update({name: float(value) for name, value in out.terms.present().items()})
+        row["l0"] = float(out.l0)
+        if resampled is not None:
+            row["resampled"] = float(resampled)
+        row["dead_fraction"] = float((slot.tokens_since_fired >= dead_tokens).float().mean())
+        rows.append(row)
+    return rows
+
+
+def _check_finite(rows: list[dict]) -> None:
+    for row in rows:
+        if not math.isfinite(row["loss"]):
+            raise GatedSAEError(
+                f"SAE {row['sae']} diverged (loss {row['loss']}) at step {row['step']}; "
+                "lower its lr"
+            )
+
+
 class _Logger:
     """Per-step metrics as JSON lines (one per SAE), and to wandb when asked."""
 
@@ -452,33 +528,15 @@ class _Logger:
                 ) from None
             self.wandb = wandb.init(project=wandb_project, config=config)
 
-    def log(self, step, tokens, lr_scale, coef_scale, records, dead_tokens) -> None:
-        lines = []
-        for slot, out, resampled in records:
-            row = {
-                "step": step,
-                "tokens": tokens,
-                "sae": slot.cfg.name,
-                "lr": slot.cfg.lr * lr_scale,
-                "sparsity_coef": slot.cfg.sparsity_coef * coef_scale,
-                "loss": float(out.loss),
-            }
-            row.update({name: float(value) for name, value in out.terms.present().items()})
-            row["l0"] = float(out.l0)
-            if resampled is not None:
-                row["resampled"] = float(resampled)
-            row["dead_fraction"] = float((slot.tokens_since_fired >= dead_tokens).float().mean())
-            if not math.isfinite(row["loss"]):
-                raise GatedSAEError(
-                    f"SAE {slot.cfg.name} diverged (loss {row['loss']}) at step {step}; "
-                    "lower its lr"
-                )
-            lines.append(json.dumps(row) + "\n")
-            if self.wandb is not None:
+    def log(self, rows: list[dict]) -> None:
+        if self.wandb is not None:
+            for row in rows:
                 self.wandb.log(
-                    {f"{slot.cfg.name}/{k}": v for k, v in row.items() if k != "sae"}, step=step
+                    {f"{row['sae']}/{k}": v for k, v in row.items() if k != "sae"},
+                    step=row["step"],
                 )
-        append_whole(self.path, "".join(lines))  # a step's lines whole, or none of them
+        # a step's lines whole, or none of them
+        append_whole(self.path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def close(self) -> None:
         if self.wandb is not None:

@@ -1,0 +1,121 @@
+"""Running under torchrun: the ranks of the job, and the few collectives the trainer and the
+sweep need, all torch.distributed's (gloo on CPU, NCCL on CUDA).
+
+Without torchrun (no WORLD_SIZE in the environment, or 1) everything here is a no-op on a
+world of one rank, so the single-process path and the distributed one are the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, GatedSAEError
+
+DEFAULT_TIMEOUT_SECONDS = 600
+
+
+class RankLostError(GatedSAEError):
+    """Another rank stopped answering: it died, or hung past the timeout."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a job."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, costs: list[float]) -> list[int]:
+        """The indices of the items this rank owns when items of these costs are spread over
+        the ranks: greedily, the costliest first to the least loaded rank (ties to the lower
+        rank), so every rank computes the same assignment."""
+        load = [0.0] * self.size
+        owner = [0] * len(costs)
+        for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+            rank = min(range(self.size), key=lambda r: (load[r], r))
+            owner[i] = rank
+            load[rank] += costs[i]
+        return [i for i in range(len(costs)) if owner[i] == self.rank]
+
+    def all_gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        gathered = [None] * self.size
+        _collective(dist.all_gather_object, gathered, obj)
+        return gathered
+
+    def gather(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0; None elsewhere."""
+        if self.size == 1:
+            return [obj]
+        gathered = [None] * self.size if self.is_main else None
+        _collective(dist.gather_object, obj, gathered, dst=0)
+        return gathered
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        _collective(dist.broadcast_object_list, box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            _collective(dist.barrier)
+
+
+SINGLE_PROCESS = World()
+
+
+def _collective(operation, *args, **kwargs):
+    try:
+        return operation(*args, **kwargs)
+    except RuntimeError as e:  # gloo and NCCL report a lost or late peer this way
+        raise RankLostError(
+            f"rank {dist.get_rank()} lost contact with another rank "
+            f"({str(e).splitlines()[0][:200]}); rerunning the same command resumes from "
+            "the last checkpoint"
+        ) from None
+
+
+def init_world(device: str = "cpu", timeout_seconds: float | None = None) -> World:
+    """The job's world: under torchrun, joins the process group (NCCL for CUDA devices,
+    gloo otherwise; a collective waits at most `timeout_seconds` for the other ranks) and
+    puts this rank on its own GPU; otherwise a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return SINGLE_PROCESS
+    if dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    timeout = DEFAULT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+    if not timeout > 0:
+        raise ConfigError(f"the rank timeout must be a positive number of seconds, got {timeout}")
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def rank_device(device: str) -> str:
+    """The device a rank trains on: under torchrun `cuda` means this rank's own GPU."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def leave_world() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
