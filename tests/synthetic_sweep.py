@@ -228,16 +228,20 @@ def curve(s: SAE) -> list[dict]:
 
 
 def _training(s: SAE, points: list[dict]) -> dict:
-    """The training columns, lr_change read off the curve as the contract says."""
-    quarter = [p for p in points if p["step"] <= 0.75 * points[-1]["step"]
-               and math.isfinite(p["loss_recovered"])][-1]
-    back = [p for p in points if p["step"] <= 0.75 * points[-1]["step"]][-1]
-    lr_change = points[-1]["loss_recovered"] - quarter["loss_recovered"]
+    """The training columns, lr_change read off the SAE's own curve as the contract says for
+    a family of one: the last measured point at or before 3/4 of training against the last at
+    or before 1/2."""
+    def at(fraction: float) -> dict:
+        return [p for p in points if p["step"] <= fraction * points[-1]["step"]
+                and math.isfinite(p["loss_recovered"])][-1]
+
+    later, halfway = at(3 / 4), at(1 / 2)
+    lr_change = later["loss_recovered"] - halfway["loss_recovered"]
     tokens = s.width * TOKENS_PER_LATENT
     return {
         "train_dead_fraction": s.dead, "train_dead_tokens": 65_536,
         "converged": int(abs(lr_change) < 0.005), "lr_change": lr_change,
-        "fvu_change": (points[-1]["fvu"] - back["fvu"]) / points[-1]["fvu"],
+        "fvu_change": (later["fvu"] - halfway["fvu"]) / later["fvu"],
         "train_seconds": tokens * s.width * (3e-8 if s.arch == "gated" else 2e-8),
         "pass_seconds": 60.0, "eval_seconds": 2.5, "tokens": tokens,
     }

@@ -3,6 +3,7 @@ results.csv, and resuming an interrupted sweep to the same table."""
 
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from gated_sae.experiments.sweep import (
     CONVERGENCE_TOLERANCE,
     Sweep,
     SweepConfig,
+    convergence,
     expand_grid,
     load_sweep_config,
     plan_passes,
@@ -113,7 +115,7 @@ def test_bad_sweep_configs_name_the_problem(sweep_inputs, tmp_path, change, mess
 @pytest.mark.parametrize("preset", ["questions", "paper"])
 def test_presets_hold_the_comparisons_the_three_questions_need(preset):
     """As issue 10 asks: at the main width relu, gated and gated without b_mag at 5+ sparsity
-    levels and 3 seeds each, relu and gated each over 3+ learning rates at every level with
+    levels and 3 seeds each, relu and gated each over 3+ learning rates at 3+ levels with
     the seeded lr strictly inside them; the other ablations at 3+ levels; relu and gated at
     3+ widths, 4+ levels and 3 seeds each; topk, batchtopk and jumprelu at the main width."""
     config = load_sweep_config(preset=preset)
@@ -137,9 +139,10 @@ def test_presets_hold_the_comparisons_the_three_questions_need(preset):
     for variant in ("relu", "gated"):
         trained = seeds(variant, main)
         seeded_lrs = {lr for (lr, _), n in trained.items() if n >= 3}
-        for level in {level for _, level in trained}:
-            lrs = sorted(lr for lr, c in trained if c == level)
-            assert len(lrs) >= 3 and all(lrs[0] < lr < lrs[-1] for lr in seeded_lrs), level
+        swept = [level for level in {level for _, level in trained}
+                 if len(lrs := sorted(lr for lr, c in trained if c == level)) >= 3
+                 and all(lrs[0] < lr < lrs[-1] for lr in seeded_lrs)]
+        assert len(swept) >= 3, variant
         widths = {p.sae.d_sae for p in points if p.variant == variant}
         assert len(widths) >= 3, variant
         for width in widths:
@@ -148,6 +151,33 @@ def test_presets_hold_the_comparisons_the_three_questions_need(preset):
     for variant in ("gated no r_mag", "gated untied", "gated RI-L1"):
         assert len(seeds(variant, main)) >= 3, variant
     assert {"topk", "batchtopk", "jumprelu"} <= {p.variant for p in points if p.sae.d_sae == main}
+
+
+def _points(*rows):
+    """Curve points from (step, L0, FVU, loss recovered) rows."""
+    return [{"step": s, "l0": l0, "fvu": fvu, "loss_recovered": lr} for s, l0, fvu, lr in rows]
+
+
+def test_convergence_compares_each_sae_with_its_familys_halfway_frontier_at_matched_l0():
+    """Two levels. At 1/2 (step 4) the frontier runs from (L0 10, 0.90) to (L0 40, 0.98).
+    At 3/4 (step 6) the sparse SAE sank to L0 20 at 0.945: the frontier there reads
+    0.90 + 0.08·ln 2/ln 4 = 0.94, so it rose 0.005 and fails though its own loss recovered
+    fell. The dense one at L0 80 lies beyond the last point: the segment continued gives
+    0.98 + 0.08·ln 2/ln 4 = 1.02, so its 0.99 is 0.03 below: the frontier did not rise."""
+    sparse = _points((2, 30, 0.5, 0.96), (4, 10, 0.4, 0.90), (6, 20, 0.27, 0.945), (8, 20, 0.3, 0.95))
+    dense = _points((2, 90, 0.5, 0.99), (4, 40, 0.2, 0.98), (6, 80, 0.1, 0.99), (8, 80, 0.1, 0.99))
+    found = convergence({"sparse": sparse, "dense": dense})
+    assert found["sparse"]["lr_change"] == pytest.approx(0.005)
+    assert found["sparse"]["fvu_change"] == pytest.approx((0.27 - 0.3) / 0.27)  # FVU alike
+    assert found["dense"]["lr_change"] == pytest.approx(-0.03)
+    assert found["dense"]["fvu_change"] == pytest.approx(0.0)  # 0.2 − 0.2·ln 2/ln 4 = 0.1
+    assert (found["sparse"]["converged"], found["dense"]["converged"]) == (0, 0)
+    # A family of one: its own halfway point; an SAE that never fired cannot be judged.
+    alone = convergence({"a": _points((2, 9, 0.5, 0.9), (4, 8, 0.4, 0.93), (6, 7, 0.4, 0.932),
+                                      (8, 7, 0.4, 0.94))})
+    assert alone["a"]["lr_change"] == pytest.approx(0.002) and alone["a"]["converged"] == 1
+    dead = convergence({"d": _points((2, 0, 1, 0), (4, 0, 1, 0), (6, 0, 1, 0), (8, 0, 1, 0))})
+    assert math.isnan(dead["d"]["lr_change"]) and dead["d"]["converged"] == 0
 
 
 def test_unknown_preset_is_named():
@@ -219,7 +249,8 @@ def test_a_sweep_over_a_cache_evaluates_with_the_caches_model_corpus_and_context
     curve = list(csv.DictReader((tmp_path / "curves.csv").open()))
     assert [int(r["step"]) for r in curve] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert {r["name"] for r in curve} == {row["name"]}
-    change = float(curve[-1]["loss_recovered"]) - float(curve[6]["loss_recovered"])  # step 7
+    # one SAE, so its own halfway point (step 5) is the frontier it is compared with at 3/4
+    change = float(curve[6]["loss_recovered"]) - float(curve[4]["loss_recovered"])  # step 7
     assert float(row["lr_change"]) == pytest.approx(change)
     assert row["converged"] == str(int(abs(change) < CONVERGENCE_TOLERANCE))
     run = json.loads(next((tmp_path / "passes").glob("*/run.json")).read_text())

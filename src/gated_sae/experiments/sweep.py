@@ -47,7 +47,7 @@ from ..train.trainer import SAEConfig, TrainConfig, Trainer, default_lr
 from .results import METRICS, results_text
 
 PRESETS = ("questions", "paper")
-# Converged: loss recovered moved by less than this over the last quarter of training.
+# Converged: loss recovered at matched L0 moved by less than this from 1/2 to 3/4 of training.
 CONVERGENCE_TOLERANCE = 0.005
 CURVE_METRICS = ("l0", "fvu", "loss_recovered")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
@@ -218,22 +218,49 @@ def plan_passes(points: list[SweepPoint], max_per_pass: int) -> list[tuple[str, 
     return passes
 
 
-def convergence(curve: list[dict]) -> dict:
-    """An SAE's change over the last quarter of training, from its curve points (in order,
-    the last at the end): loss recovered at the end minus at the last point at or before
-    3/4 of the steps, the same for FVU relative to its final value, and whether the loss
-    recovered moved by less than CONVERGENCE_TOLERANCE."""
-    end = curve[-1]
-    earlier = [r for r in curve if 4 * r["step"] <= 3 * end["step"]]
-    if not earlier:
-        return {"lr_change": math.nan, "fvu_change": math.nan, "converged": 0}
-    start = earlier[-1]
-    lr_change = end["loss_recovered"] - start["loss_recovered"]
-    return {
-        "lr_change": lr_change,
-        "fvu_change": (end["fvu"] - start["fvu"]) / end["fvu"],
-        "converged": int(abs(lr_change) < CONVERGENCE_TOLERANCE),
-    }
+def convergence(family: dict[str, list[dict]]) -> dict[str, dict]:
+    """Whether each SAE of a family (SAEs that differ only in sparsity level, trained on the
+    same batches) had stopped improving at constant lr, from their curve points (in order,
+    the last at the end).
+
+    At a fixed λ the L0 keeps sinking while fidelity holds, and the lr decay of the last
+    fifth raises L0 again and lowers FVU: an SAE's own change over time mostly measures it
+    moving along its frontier. So each SAE's last point at or before 3/4 of training (before
+    the decay) is compared with the family's frontier at 1/2, read at that point's L0: linear
+    in log L0 between the family's points, along the end segment beyond them, the SAE's own
+    halfway point when the family has one member. `lr_change` is the loss recovered's
+    difference, `fvu_change` FVU's relative to the later value, and `converged` says whether
+    |lr_change| < CONVERGENCE_TOLERANCE."""
+    def point_at(curve: list[dict], fraction: float) -> dict | None:
+        earlier = [p for p in curve if p["step"] <= fraction * curve[-1]["step"]]
+        return earlier[-1] if earlier and earlier[-1]["l0"] > 0 else None
+
+    halfway = [p for p in (point_at(c, 1 / 2) for c in family.values()) if p is not None]
+    halfway.sort(key=lambda p: p["l0"])
+    out = {}
+    for name, curve in family.items():
+        later = point_at(curve, 3 / 4)
+        if later is None or not halfway:
+            out[name] = {"lr_change": math.nan, "fvu_change": math.nan, "converged": 0}
+            continue
+        lr_change = later["loss_recovered"] - _read(halfway, "loss_recovered", later["l0"])
+        fvu_change = (later["fvu"] - _read(halfway, "fvu", later["l0"])) / later["fvu"]
+        out[name] = {"lr_change": lr_change, "fvu_change": fvu_change,
+                     "converged": int(abs(lr_change) < CONVERGENCE_TOLERANCE)}
+    return out
+
+
+def _read(frontier: list[dict], metric: str, l0: float) -> float:
+    """`metric` of points in increasing L0 at `l0`: linear in log L0, continued along the
+    first or last segment outside their range; a single point's own value."""
+    if len(frontier) == 1:
+        return frontier[0][metric]
+    x = np.log([p["l0"] for p in frontier])
+    y = np.array([p[metric] for p in frontier])
+    i = int(np.clip(np.searchsorted(x, math.log(l0)) - 1, 0, len(x) - 2))
+    if x[i + 1] == x[i]:
+        return float(y[i])
+    return float(y[i] + (y[i + 1] - y[i]) * (math.log(l0) - x[i]) / (x[i + 1] - x[i]))
 
 
 class Sweep:
@@ -308,21 +335,23 @@ class Sweep:
                 m["eval_seconds"] = eval_seconds
             metrics = {k: v for ranks in world.all_gather(metrics) for k, v in ranks.items()}
             run = json.loads((trainer.out / "run.json").read_text())
-            curves = _read_curves(trainer.curves_path)
             for point in todo:
                 name = point.sae.name
                 done[name] = {
                     **self._row(point, metrics[name]),
-                    **convergence(curves[name]),
                     "train_dead_fraction": run["dead_fraction"][name],
                     "train_dead_tokens": train.dead_tokens,
                     "train_seconds": run["timing"]["step_seconds"][name],
                     "pass_seconds": pass_seconds,
                     "eval_seconds": metrics[name]["eval_seconds"],
                 }
+            curves = self._curves(passes, done)
+            for family in self._families():
+                done.update({name: {**done[name], **change} for name, change in
+                             convergence({n: curves[n] for n in family if n in curves}).items()})
             if world.is_main:
                 self._write_heldout({p.sae.name: metrics[p.sae.name]["windows"] for p in todo})
-                self._write_curves(done, passes)
+                self._write_curves(curves)
                 self._write_results(done)
         if world.is_main:
             record["total_seconds"] = time.perf_counter() - started
@@ -442,15 +471,30 @@ class Sweep:
             self.heldout_path, lambda f: np.savez(f, names=np.array(names), **shared, **arrays)
         )
 
-    def _write_curves(self, rows: dict[str, dict], passes) -> None:
-        """curves.csv: the curve points of every SAE in the results, from its pass."""
-        lines = ["name,step,tokens," + ",".join(CURVE_METRICS)]
+    def _curves(self, passes, rows: dict[str, dict]) -> dict[str, list[dict]]:
+        """The curve points of every SAE in the results, from its pass, in grid order."""
+        curves = {}
         for pass_id, points in passes:
-            curves = _read_curves(self.out / "passes" / pass_id / "curves.jsonl")
+            found = _read_curves(self.out / "passes" / pass_id / "curves.jsonl")
             for point in points:
-                for r in curves.get(point.sae.name, []) if point.sae.name in rows else []:
-                    values = [r["step"], r["tokens"], *(r[k] for k in CURVE_METRICS)]
-                    lines.append(",".join([point.sae.name, *(repr(v) for v in values)]))
+                if point.sae.name in rows and point.sae.name in found:
+                    curves[point.sae.name] = found[point.sae.name]
+        return curves
+
+    def _families(self) -> list[list[str]]:
+        """The grid's SAEs grouped by all they share but the sparsity level."""
+        families: dict[tuple, list[str]] = {}
+        for p in self.points:
+            key = (p.variant, p.sae.d_sae, p.sae.lr, p.seed, p.tokens)
+            families.setdefault(key, []).append(p.sae.name)
+        return list(families.values())
+
+    def _write_curves(self, curves: dict[str, list[dict]]) -> None:
+        lines = ["name,step,tokens," + ",".join(CURVE_METRICS)]
+        for name, points in curves.items():
+            for r in points:
+                values = [r["step"], r["tokens"], *(r[k] for k in CURVE_METRICS)]
+                lines.append(",".join([name, *(repr(v) for v in values)]))
         atomic_write_text(self.curves_path, "\n".join(lines) + "\n")
 
     def _record(self, d_in: int, source: ActivationSource) -> dict:
