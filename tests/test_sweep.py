@@ -163,8 +163,9 @@ def test_convergence_compares_each_sae_with_its_familys_halfway_frontier_at_matc
     At 3/4 (step 6) the sparse SAE sank to L0 20 at 0.945: the frontier there reads
     0.90 + 0.08·ln 2/ln 4 = 0.94, so it rose 0.005 and fails though its own loss recovered
     fell. The dense one at L0 80 lies beyond the last point: the segment continued gives
-    0.98 + 0.08·ln 2/ln 4 = 1.02, so its 0.99 is 0.03 below: the frontier did not rise."""
-    sparse = _points((2, 30, 0.5, 0.96), (4, 10, 0.4, 0.90), (6, 20, 0.27, 0.945), (8, 20, 0.3, 0.95))
+    0.98 + 0.08·ln 2/ln 4 = 1.02, so its 0.99 is 0.03 below: it moved too, downward."""
+    sparse = _points((2, 30, 0.5, 0.96), (4, 10, 0.4, 0.90), (6, 20, 0.27, 0.945),
+                     (8, 20, 0.3, 0.95))
     dense = _points((2, 90, 0.5, 0.99), (4, 40, 0.2, 0.98), (6, 80, 0.1, 0.99), (8, 80, 0.1, 0.99))
     found = convergence({"sparse": sparse, "dense": dense})
     assert found["sparse"]["lr_change"] == pytest.approx(0.005)

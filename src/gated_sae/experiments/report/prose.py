@@ -64,8 +64,9 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
         f"Were every null true, about {t.by_chance:.0f} of them "
         f"({1 - CONFIDENCE:.0%}) would exclude it by chance; {t.excluded} do."
         if t.made else "**Multiple comparisons.** No interval could be judged.",
-        f"**Convergence.** An SAE has converged when its held-out loss recovered moved by less "
-        f"than {CONVERGENCE_LIMIT} over the last quarter of training. Configurations with a run "
+        f"**Convergence.** An SAE has converged when, at constant lr, its family's held-out "
+        f"loss recovered at its L0 moved by less than {CONVERGENCE_LIMIT} from 1/2 to 3/4 of "
+        "training (the training section says how it is read). Configurations with a run "
         f"that fails it are marked {fmt.UNCONVERGED_MARK} in every table and drawn hollow in "
         "every figure.",
     ]
@@ -160,6 +161,10 @@ def answer_q1(q1: Q1, metric: str) -> str:
     a = q1.b_mag
     if a is None:
         return f"**Answer:** the b_mag ablation (gated no b_mag) was {fmt.NOT_MEASURED}."
+    differences = [d for d in a.differences if d.metric == metric]
+    found = outcome(differences)
+    # A difference at some L0s and none detectable at the others is said to be partial.
+    partial = found in ("worse", "better") and bool(split(differences)["none"])
     lead = {
         "worse": "b_mag matters in this sweep",
         "better": "b_mag is not needed in this sweep: the ablation does better",
@@ -167,7 +172,10 @@ def answer_q1(q1: Q1, metric: str) -> str:
         "none": "no detectable effect of b_mag at this budget",
         "unknown": "not settled: there is no interval",
         "": "no L0 at which the two frontiers can be compared",
-    }[outcome([d for d in a.differences if d.metric == metric])]
+    }[found]
+    if partial:
+        lead = {"worse": "removing b_mag costs fidelity at part of the L0 range only",
+                "better": "removing b_mag helps at part of the L0 range only"}[found]
     detail = compare_sentence(a.differences, metric, ablation_name(a.variant), "gated")
     return f"**Answer:** {lead}" + (f": {detail}" if detail else "") + f" ({seeds_note(a.seeds)})."
 

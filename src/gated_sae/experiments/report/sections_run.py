@@ -45,16 +45,19 @@ def section_training(res: SweepResults, conv: Convergence, images: Images) -> li
     blocks: list[Block] = [("h2", "Training: convergence and dead latents")]
     if conv.recorded:
         blocks.append(("p", (
-            f"Criterion: held-out loss recovered moved by less than {CONVERGENCE_LIMIT} over "
-            f"the last quarter of training. {len(conv.failed)} of {conv.recorded} SAEs fail "
+            f"Criterion: at constant lr, from 1/2 to 3/4 of training, held-out loss recovered "
+            f"at the SAE's L0 moved by less than {CONVERGENCE_LIMIT}: the SAE at 3/4 against "
+            "its family's frontier at 1/2 (the SAEs that differ from it only in sparsity "
+            "level), read at its L0. The lr decay of the last fifth is left out: it moves every "
+            f"SAE along its frontier. {len(conv.failed)} of {conv.recorded} SAEs fail "
             f"it; {fmt.plural(len(conv.on_frontiers), 'frontier point')} with such a run (marked "
             f"{fmt.UNCONVERGED_MARK} in the tables, hollow in the figures).")))
         if conv.failed:
             body = [[*_run_cells(r), fmt.signed(r.get("lr_change")),
                      fmt.signed(r.get("fvu_change"))] for r in conv.failed]
             blocks.append(("table", ["SAE", "variant", "d_sae", "lr", "sparsity", "seed",
-                                     "Δ loss recovered, last quarter",
-                                     "Δ FVU / FVU, last quarter"], body))
+                                     "Δ loss recovered at matched L0, 1/2 → 3/4",
+                                     "Δ FVU / FVU at matched L0, 1/2 → 3/4"], body))
     else:
         blocks.append(("p", f"Convergence was {fmt.NOT_MEASURED}."))
     for metric in ("fvu", "loss_recovered"):
