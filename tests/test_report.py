@@ -33,7 +33,7 @@ from synthetic_sweep import (
 
 from gated_sae.errors import DataError
 from gated_sae.experiments import report as report_module
-from gated_sae.experiments.report import findings, write_report
+from gated_sae.experiments.report import findings, prose, write_report
 from gated_sae.experiments.report.analysis import analyse
 from gated_sae.experiments.report.model import DRAWN, SweepResults
 from gated_sae.experiments.results import read_results, results_text
@@ -125,6 +125,22 @@ def test_a_zero_b_mag_effect_is_no_detectable_difference(found):
     assert found.unsettled.b_mag == _by_metric(b_mag.differences, "loss_recovered")
 
 
+def test_a_b_mag_effect_at_part_of_the_range_is_answered_as_partial(found):
+    """Worse beyond its interval at one L0 and no detectable difference at the others: the
+    answer says the cost holds at part of the range, not that b_mag matters."""
+    b_mag = found.q1.b_mag
+    shifted = [replace(d, delta=findings.Interval(-0.002, -0.004, -0.0001, d.delta.valid))
+               if d.metric == "loss_recovered" and d.at == 20 else d for d in b_mag.differences]
+    q1 = replace(found.q1, ablations=[replace(b_mag, differences=shifted)])
+    answer = prose.answer_q1(q1, "loss_recovered")
+    assert answer.startswith("**Answer:** removing b_mag costs fidelity at part of the L0 "
+                             "range only: on loss recovered, gated without b_mag is worse")
+    everywhere = [replace(d, delta=findings.Interval(-0.002, -0.004, -0.0001, d.delta.valid))
+                  if d.metric == "loss_recovered" else d for d in b_mag.differences]
+    q1 = replace(found.q1, ablations=[replace(b_mag, differences=everywhere)])
+    assert prose.answer_q1(q1, "loss_recovered").startswith("**Answer:** b_mag matters")
+
+
 def test_other_ablations_are_indicative_and_their_offsets_found(found):
     ablations = {a.variant: a for a in found.q1.ablations}
     assert list(ablations) == ["gated no b_mag", "gated no r_mag", "gated untied", "gated RI-L1"]
@@ -193,7 +209,7 @@ def test_fidelity_falling_with_width_is_caught(tmp_path):
 # --- training, tally, compute ---------------------------------------------------------------
 
 
-def test_unconverged_runs_are_counted_and_flagged(found, report):
+def test_unconverged_runs_are_counted_and_flagged(results, found, report):
     conv = found.convergence
     variant, width, lr, level = UNCONVERGED
     assert conv.recorded == len(synthetic_saes())
@@ -203,6 +219,14 @@ def test_unconverged_runs_are_counted_and_flagged(found, report):
     assert [(f.variant, f.width, c.level) for f, c in conv.on_frontiers] == [
         (variant, width, level)]
     assert found.unsettled.unconverged == 1
+    # per variant, width and lr: the unconverged group's drift counts its failing runs
+    healthy = [r for r in results.rows if r not in results.excluded]
+    assert sum(d.saes for d in conv.drifts) == len(healthy)
+    drift = next(d for d in conv.drifts if (d.variant, d.width, d.lr) == (variant, width, lr))
+    group = [r["lr_change"] for r in healthy
+             if (r["variant"], r["d_sae"], r["lr"]) == (variant, width, lr)]
+    assert drift.saes - drift.passed == 3 and drift.lr_change == (
+        pytest.approx(float(np.median(group))), min(group), max(group))
     training = _section(report[1], "Training")
     assert training.count("`gated_d2048_lr0.001_c16_s") == 3  # the failing runs, listed
     # flagged in the width question too, where their frontier is used

@@ -52,6 +52,18 @@ def section_training(res: SweepResults, conv: Convergence, images: Images) -> li
             f"SAE along its frontier. {len(conv.failed)} of {conv.recorded} SAEs fail "
             f"it; {fmt.plural(len(conv.on_frontiers), 'frontier point')} with such a run (marked "
             f"{fmt.UNCONVERGED_MARK} in the tables, hollow in the figures).")))
+        if conv.drifts:
+            blocks.append(("p", "Per variant, width and learning rate (healthy runs): a "
+                           "frontier still rising shows as a positive median; a spread of "
+                           "both signs around a median near zero is the step-to-step noise "
+                           "of training at a constant lr, which the final lr decay removes."))
+            blocks.append(("table", ["variant", "d_sae", "lr", "SAEs", "meet it",
+                                     "Δ loss recovered: median [smallest, largest]",
+                                     "Δ FVU / FVU: median"],
+                           [[d.variant, str(d.width), fmt.lr(d.lr), str(d.saes), str(d.passed),
+                             f"{fmt.signed(d.lr_change[0])} [{fmt.signed(d.lr_change[1])}, "
+                             f"{fmt.signed(d.lr_change[2])}]", fmt.signed(d.fvu_change)]
+                            for d in conv.drifts]))
         if conv.failed:
             body = [[*_run_cells(r), fmt.signed(r.get("lr_change")),
                      fmt.signed(r.get("fvu_change"))] for r in conv.failed]

@@ -9,7 +9,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Config, Family, SweepResults, finite
+from .model import Config, Family, SweepResults, finite, variant_key
+
+
+@dataclass
+class Drift:
+    """How the SAEs of one variant, width and lr moved at matched L0 from 1/2 to 3/4 of
+    training: a systematic rise shows in the median, the lr's noise in the spread."""
+
+    variant: str
+    width: int
+    lr: float
+    saes: int
+    passed: int
+    lr_change: tuple[float, float, float]  # median, smallest, largest
+    fvu_change: float  # median
 
 
 @dataclass
@@ -17,15 +31,35 @@ class Convergence:
     recorded: int  # runs whose `converged` was recorded
     failed: list[dict]  # runs that fail the criterion, excluded ones too
     on_frontiers: list[tuple[Family, Config]]  # frontier points with a failing run
+    drifts: list[Drift]  # per variant, width and lr, healthy runs only
 
 
 def convergence(res: SweepResults) -> Convergence:
     recorded = [r for r in res.rows if r.get("converged") is not None]
+    excluded = {r["name"] for r in res.excluded}
+    groups: dict[tuple, list[dict]] = {}
+    for r in recorded:
+        if r["name"] not in excluded and finite(r.get("lr_change")):
+            groups.setdefault((r["variant"], r["d_sae"], r["lr"]), []).append(r)
+    drifts = [
+        Drift(*key, len(rows), sum(bool(r["converged"]) for r in rows),
+              (float(np.median(changes)), min(changes), max(changes)),
+              _median([r.get("fvu_change") for r in rows]))
+        for key, rows in sorted(groups.items(), key=lambda kv: (variant_key(kv[0][0]),
+                                                                *kv[0][1:]))
+        if (changes := [r["lr_change"] for r in rows])
+    ]
     return Convergence(
         len(recorded),
         [r for r in recorded if not r["converged"]],
         [(f, c) for f in res.families.values() for c in f.unconverged],
+        drifts,
     )
+
+
+def _median(values: list) -> float:
+    values = [v for v in values if finite(v)]
+    return float(np.median(values)) if values else math.nan
 
 
 @dataclass
