@@ -35,7 +35,7 @@ from gated_sae.errors import DataError
 from gated_sae.experiments import report as report_module
 from gated_sae.experiments.report import findings, prose, write_report
 from gated_sae.experiments.report.analysis import analyse
-from gated_sae.experiments.report.model import DRAWN, SweepResults
+from gated_sae.experiments.report.model import DRAWN, ON_FRONTIER, Config, SweepResults, choose_lr
 from gated_sae.experiments.results import read_results, results_text
 
 NOT_MEASURED_TEXT = "not measured in this sweep"
@@ -139,6 +139,27 @@ def test_a_b_mag_effect_at_part_of_the_range_is_answered_as_partial(found):
                   if d.metric == "loss_recovered" else d for d in b_mag.differences]
     q1 = replace(found.q1, ablations=[replace(b_mag, differences=everywhere)])
     assert prose.answer_q1(q1, "loss_recovered").startswith("**Answer:** b_mag matters")
+
+
+def _config(lr: float, level: float, l0: float, fidelity: float) -> Config:
+    """A configuration of one seed whose every replicate holds the same values."""
+    draws = {m: np.full(3, fidelity if m == "loss_recovered" else l0 if m == "l0" else 0.1)
+             for m in DRAWN}
+    return Config("relu", 64, lr, level, False, [{"seed": 0}], draws)
+
+
+def test_an_lr_whose_curve_shares_no_l0_is_left_out_of_the_choice():
+    """1e-3 and 1e-2 share L0 10–40 (1e-2 is 0.01 higher); 3e-2 collapsed to L0 2–3: the
+    two that share an L0 are compared, and 3e-2 is named as left out."""
+    configs = [_config(1e-3, c, l0, 0.90 + 0.01 * i) for i, (c, l0) in
+               enumerate([(1, 40), (2, 20), (4, 10)])]
+    configs += [_config(1e-2, c, l0, 0.91 + 0.01 * i) for i, (c, l0) in
+                enumerate([(1, 40), (2, 20), (4, 10)])]
+    configs += [_config(3e-2, c, l0, 0.5) for c, l0 in [(1, 3), (2, 2)]]
+    choice = choose_lr(configs, [1e-3, 1e-2, 3e-2], "loss_recovered")
+    assert (choice.lr, sorted(choice.means), choice.left_out) == (1e-2, [1e-3, 1e-2], [3e-2])
+    assert choice.rule == ON_FRONTIER and choice.l0s == [10.0, 20.0, 40.0]
+    assert choice.difference(1e-3)[0] == pytest.approx(-0.01)
 
 
 def test_other_ablations_are_indicative_and_their_offsets_found(found):

@@ -12,6 +12,7 @@ on the data as measured, and kept in every replicate.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,10 @@ class LrChoice:
     """A family's one learning rate and how it was chosen. Each lr with healthy levels draws
     a curve (its levels in increasing L0, mean over seeds); the curves of two or more levels
     are read at `l0s`, the L0s where all of them can be read (`matched_l0s`), and the lr with
-    the best mean `metric` over those L0s is chosen (ties: the smaller lr). Where they share
-    no L0, the lr with the most healthy levels is, then the one with the most seeds at its
+    the best mean `metric` over those L0s is chosen (ties: the smaller lr). Where not all of
+    them share an L0, the largest group that does is compared (ties: the group with more
+    levels, then the smaller lrs), and the others are `left_out`. Where no two share one,
+    the lr with the most healthy levels is chosen, then the one with the most seeds at its
     fewest-seeded level, then the smaller lr."""
 
     swept: list[float]  # every lr swept for the family, dead runs' too, increasing
@@ -107,6 +110,7 @@ class LrChoice:
     l0s: list[float]  # where the compared curves were read; [] when they share none
     means: dict[float, np.ndarray]  # each compared lr: mean `metric` over `l0s`, [R + 1]
     lr: float
+    left_out: list[float]  # lrs of two or more levels whose curve shares no L0 with `means`'s
 
     @property
     def rule(self) -> str:
@@ -131,9 +135,15 @@ def choose_lr(configs: list[Config], swept: list[float], metric: str) -> LrChoic
     curves: dict[float, list[Config]] = {}
     for c in sorted(configs, key=lambda c: (c.lr, c.value("l0"))):
         curves.setdefault(c.lr, []).append(c)
-    compared = [lr for lr, points in curves.items() if len(points) >= 2]
-    l0s = matched_l0s([curve_arrays(curves[lr], "l0")[0] for lr in compared]) \
-        if len(compared) >= 2 else []
+    readable = [lr for lr, points in curves.items() if len(points) >= 2]
+    compared, l0s = [], []
+    groups = [g for size in range(len(readable), 1, -1)
+              for g in itertools.combinations(readable, size)]
+    for group in sorted(groups, key=lambda g: (-len(g), -sum(len(curves[x]) for x in g), g)):
+        l0s = matched_l0s([curve_arrays(curves[lr], "l0")[0] for lr in group])
+        if l0s:
+            compared = list(group)
+            break
     means = {
         lr: np.mean([interpolate(*curve_arrays(curves[lr], metric), at) for at in l0s], 0)
         for lr in compared
@@ -145,7 +155,8 @@ def choose_lr(configs: list[Config], swept: list[float], metric: str) -> LrChoic
     else:
         means = {}
         lr = max(curves, key=lambda x: (len(curves[x]), min(c.seeds for c in curves[x]), -x))
-    return LrChoice(swept, curves, metric, l0s, means, lr)
+    left_out = [x for x in readable if x not in means] if means else []
+    return LrChoice(swept, curves, metric, l0s, means, lr, left_out)
 
 
 @dataclass

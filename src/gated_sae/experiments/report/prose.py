@@ -49,7 +49,9 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
         "family draws its own curve through its healthy levels (mean over seeds); the curves "
         "of two or more levels are read as above at the L0s where all of them can be read, "
         f"and the lr with the {_best(res.metric)} over those L0s is chosen (ties: the "
-        "smaller lr). Where they share no such L0, the lr is not chosen on the frontier, and "
+        "smaller lr). Where not all of them share such an L0, the largest group of curves "
+        "that does is compared (ties: the group with more levels), and the report names the "
+        "lrs left out. Where no two share one, the lr is not chosen on the frontier, and "
         "the report says so: the family takes the lr with the most healthy levels, then the "
         "one with the most seeds, then the smaller lr (fidelity at a fixed λ does not enter). "
         "The family's frontier is then every level at that lr, with all its seeds. A chosen "
@@ -226,6 +228,10 @@ def choice_sentence(f: Family) -> str:
     if c.rule == ON_FRONTIER:
         how = (f"its curve has the {_best(c.metric)} of the {len(c.means)} compared at "
                f"L0 {fmt.series([fmt.l0(x) for x in c.l0s])}")
+        for lr in c.left_out:
+            l0s = [p.value("l0") for p in c.curves[lr]]
+            how += (f" (lr {fmt.lr(lr)}'s curve, L0 {fmt.l0(min(l0s))} to "
+                    f"{fmt.l0(max(l0s))}, shares no L0 with theirs and is left out)")
     elif c.rule == MOST_LEVELS:
         how = ("no L0 where every curve can be read, so not chosen on the frontier: the lr "
                f"with the most healthy levels ({len(f.points)}; ties: the most seeds, then "
