@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="architecture option, e.g. b_mag=false (repeatable)")
     _field_flags(train, TrainConfig)
     _add_rank_timeout(train)
+    train.add_argument("--parallel", choices=("data", "saes"),
+                       help="under torchrun: data splits every batch over the ranks, saes "
+                       "spreads the SAEs over them (default: data for one SAE, else saes)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"
@@ -371,9 +374,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     world = init_world(config.device, args.rank_timeout)
     config.device = rank_device(config.device)
     batches, metadata = _train_source(args, config)
-    saes = Trainer(config, out, metadata=metadata, world=world).fit(batches)
-    for name in saes:
-        print(out / name)
+    data_parallel = args.parallel == "data" or (args.parallel is None and len(config.saes) == 1)
+    saes = Trainer(config, out, metadata, world, data_parallel).fit(batches)
+    if world.is_main or not data_parallel:
+        for name in saes:
+            print(out / name)
 
 
 def _trained_dataset(metadata: dict) -> str | None:
