@@ -216,6 +216,29 @@ def test_sae_parallel_sweep_writes_what_one_process_writes(tmp_path):
 
 
 @pytest.mark.slow
+def test_streaming_from_a_model_splits_its_forward_over_the_ranks(tmp_path):
+    """Each rank runs the model on half of each shuffle buffer's windows and the ranks gather
+    the activations: every rank trains on one process's batches (data parallel here)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_SENTENCES * 400))
+    model = save_tiny_model("llama", tmp_path / "lm")
+    args = ["train", "--model", str(model), "--site", "blocks.1.hook_resid_post", "--dataset",
+            str(corpus), "--context-size", "16", "--arch", "relu", "--d-sae", "32",
+            "--batch-size", "64", "--tokens", str(64 * 40), "--buffer-tokens", "512",
+            "--lm-batch-size", "4", "--lr", "1e-2"]
+    single = subprocess.run([sys.executable, "-m", "gated_sae", *args, "--out",
+                             str(tmp_path / "single")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    finished(torchrun([*args, "--out", str(tmp_path / "split")]))
+    left = load_sae(tmp_path / "split" / "relu").state_dict()
+    right = load_sae(tmp_path / "single" / "relu").state_dict()
+    for key in left:
+        gap = float((left[key] - right[key]).norm() / right[key].norm())
+        assert gap <= 1e-5, (key, gap)
+
+
+@pytest.mark.slow
 def test_caching_split_over_ranks_writes_the_cache_one_process_writes(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(_SENTENCES * 400))
