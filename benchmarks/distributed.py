@@ -6,6 +6,10 @@ ranks; every rank reads the same batches. Its throughput counts every SAE's toke
 (steps · batch · SAEs / the loop's wall time, from run.json); the requirement on a 2-core
 machine is ≥ 1.8× with 2 ranks.
 
+Mode `data` (data parallel): one SAE, every batch split over the ranks, which sum their
+gradients in one all-reduce per step (its bytes: every gradient, the step's means and the
+fired latents, 4 bytes each). The requirement on a 2-core machine is ≥ 1.6× with 2 ranks.
+
     gated-sae cache --site blocks.15.hook_resid_post --tokens 65536 --out /tmp/acts
     python benchmarks/distributed.py --acts /tmp/acts
 """
@@ -25,11 +29,11 @@ import torch
 import yaml
 
 
-def run(ranks: int, acts: str, config: Path, out: Path) -> dict:
+def run(ranks: int, acts: str, config: Path, out: Path, mode: str) -> dict:
     """One torchrun of `train`; its run record."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={ranks}", "-m", "gated_sae", "train", "--acts", acts,
-           "--config", str(config), "--out", str(out)]
+           "--config", str(config), "--out", str(out), "--parallel", mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "run.json").read_text())
@@ -43,6 +47,16 @@ def gathered_bytes_per_step(out: Path, log_every: int) -> float:
     return len(pickle.dumps(rows)) / log_every
 
 
+def reduced_bytes_per_step(out: Path, name: str) -> int:
+    """What data parallel sums per step: every gradient, the step's means (loss, its terms,
+    L0), the fired latents and the active pairs, as float32."""
+    from gated_sae import load_sae
+
+    sae = load_sae(out / name)
+    terms = 4  # at most: loss, two terms, L0
+    return 4 * (sum(p.numel() for p in sae.parameters()) + terms + sae.d_sae + 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--acts", required=True, help="an activation cache folder or file")
@@ -50,40 +64,54 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=2304)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--archs", default="relu,gated,topk,jumprelu,relu,gated,topk,batchtopk")
+    parser.add_argument("--archs", default="relu,gated,topk,jumprelu,relu,gated,topk,batchtopk",
+                        help="the SAEs of mode saes")
+    parser.add_argument("--data-arch", default="relu", help="the one SAE of mode data")
+    parser.add_argument("--data-d-sae", type=int, default=4608)
     parser.add_argument("--out", default="benchmarks/results/distributed_cpu.json")
     args = parser.parse_args()
 
     log_every = 10
-    saes = [{"arch": arch, "d_sae": args.d_sae, "lr": 1e-3, "name": f"{arch}-{i}",
-             **({"options": {"k": 32}} if "topk" in arch else {})}
-            for i, arch in enumerate(args.archs.split(","))]
+
+    def sae(arch: str, d_sae: int, name: str) -> dict:
+        return {"arch": arch, "d_sae": d_sae, "lr": 1e-3, "name": name,
+                **({"options": {"k": 32}} if "topk" in arch else {})}
+
+    modes = {
+        "saes": [sae(arch, args.d_sae, f"{arch}-{i}")
+                 for i, arch in enumerate(args.archs.split(","))],
+        "data": [sae(args.data_arch, args.data_d_sae, args.data_arch)],
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "run.yaml"
-        config.write_text(yaml.safe_dump({
-            "saes": saes, "batch_size": args.batch, "tokens": args.steps * args.batch,
-            "checkpoint_every": 0, "log_every": log_every, "lr_warmup_steps": 5,
-        }))
-        for ranks in (1, args.ranks):
-            out = Path(tmp) / f"ranks{ranks}"
-            timing = run(ranks, args.acts, config, out)["timing"]
-            tokens = timing["steps"] * args.batch * len(saes)
-            rows.append({
-                "mode": "saes", "ranks": ranks, "wall_seconds": timing["wall_seconds"],
-                "tokens_per_second": tokens / timing["wall_seconds"],
-                "bytes_per_step": gathered_bytes_per_step(out, log_every) if ranks > 1 else 0,
-            })
-    base = rows[0]["tokens_per_second"]
+        for mode, saes in modes.items():
+            config = Path(tmp) / f"{mode}.yaml"
+            config.write_text(yaml.safe_dump({
+                "saes": saes, "batch_size": args.batch, "tokens": args.steps * args.batch,
+                "checkpoint_every": 0, "log_every": log_every, "lr_warmup_steps": 5,
+            }))
+            for ranks in (1, args.ranks):
+                out = Path(tmp) / f"{mode}-ranks{ranks}"
+                timing = run(ranks, args.acts, config, out, mode)["timing"]
+                tokens = timing["steps"] * args.batch * len(saes)
+                sent = 0
+                if ranks > 1:
+                    sent = (gathered_bytes_per_step(out, log_every) if mode == "saes"
+                            else reduced_bytes_per_step(out, saes[0]["name"]))
+                rows.append({
+                    "mode": mode, "saes": ", ".join(f"{s['arch']} {s['d_sae']}" for s in saes),
+                    "ranks": ranks, "wall_seconds": timing["wall_seconds"],
+                    "tokens_per_second": tokens / timing["wall_seconds"], "bytes_per_step": sent,
+                })
     for row in rows:
+        base = next(r for r in rows if r["mode"] == row["mode"])["tokens_per_second"]
         row["speedup"] = row["tokens_per_second"] / base
-    print(f"{len(saes)} SAEs ({args.archs}), d_sae {args.d_sae}, batch {args.batch}, "
-          f"{args.steps} steps, one thread per rank")
-    print(f"{'mode':<6}{'ranks':>6}{'tokens/s':>12}{'speedup':>9}{'bytes/step':>12}")
+    print(f"batch {args.batch}, {args.steps} steps, one thread per rank")
+    print(f"{'mode':<6}{'SAEs':<42}{'ranks':>6}{'tokens/s':>12}{'speedup':>9}{'bytes/step':>12}")
     for r in rows:
-        print(f"{r['mode']:<6}{r['ranks']:>6}{r['tokens_per_second']:>12.0f}"
+        print(f"{r['mode']:<6}{r['saes'][:41]:<42}{r['ranks']:>6}{r['tokens_per_second']:>12.0f}"
               f"{r['speedup']:>9.2f}{r['bytes_per_step']:>12.0f}")
-    result = {"rows": rows, "saes": saes, "batch": args.batch, "steps": args.steps,
+    result = {"rows": rows, "saes": modes, "batch": args.batch, "steps": args.steps,
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
               "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Under torchrun with 2 gloo ranks: SAE-parallel training and sweeps give what one process
-gives, and a rank that dies or hangs stops the job with an error, after which the rerun
-resumes."""
+"""Under torchrun with 2 gloo ranks: SAE-parallel and data-parallel training and sweeps give
+what one process gives, and a rank that dies or hangs stops the job with an error, after which
+the rerun resumes."""
 
 from __future__ import annotations
 
@@ -111,6 +111,37 @@ def test_sae_parallel_training_matches_one_process(run_inputs, single_run, tmp_p
     same_run(single_run, out)
 
 
+@pytest.mark.slow
+def test_data_parallel_training_matches_one_process(run_inputs, single_run, tmp_path):
+    """Each rank steps every SAE on its half of each batch and the ranks sum their gradients:
+    the whole batch's, so the SAEs and their logs are one process's up to round-off. AuxK's
+    and TopK's normalisers, BatchTopK's selection and relu's resampling see the whole batch."""
+    out = tmp_path / "run"
+    printed = finished(torchrun([*train_args(run_inputs, out), "--parallel", "data"]))
+    names = [s.get("name", s["arch"]) for s in SAES]
+    assert sorted(printed.split()) == sorted(str(out / name) for name in names)  # rank 0's
+    for name in names:
+        left, right = load_sae(out / name).state_dict(), load_sae(single_run / name).state_dict()
+        for key in left:
+            if not left[key].is_floating_point():  # BatchTopK's threshold_initialised
+                assert torch.equal(left[key], right[key]), (name, key)
+                continue
+            gap = float((left[key] - right[key]).norm() / right[key].norm().clamp_min(1e-12))
+            assert gap <= 1e-5, (name, key, gap)  # measured: at most 5e-6 (relu, resampling)
+    logs = [[json.loads(line) for line in (f / "metrics.jsonl").read_text().splitlines()]
+            for f in (out, single_run)]
+    assert len(logs[0]) == len(logs[1])
+    for ours, theirs in zip(*logs, strict=True):
+        assert ours.keys() == theirs.keys() and ours["sae"] == theirs["sae"]
+        for key, value in theirs.items():
+            if key != "sae":
+                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (ours["sae"], key)
+    runs = [json.loads((f / "run.json").read_text()) for f in (out, single_run)]
+    assert runs[0]["input_scale"] == runs[1]["input_scale"]
+    assert runs[0]["timing"]["parallel"] == "data" and runs[0]["timing"]["ranks"] == 2
+    assert not (out / "checkpoint.pt").exists()
+
+
 def _workers(launcher: subprocess.Popen) -> dict[int, int]:
     """The worker processes torchrun started: pid by rank."""
     workers = {}
@@ -182,6 +213,29 @@ def test_sae_parallel_sweep_writes_what_one_process_writes(tmp_path):
         assert (out / name).read_bytes() == (whole.parent / name).read_bytes(), name
     record = json.loads((out / "sweep.json").read_text())
     assert record["machine"]["ranks"] == 2
+
+
+@pytest.mark.slow
+def test_streaming_from_a_model_splits_its_forward_over_the_ranks(tmp_path):
+    """Each rank runs the model on half of each shuffle buffer's windows and the ranks gather
+    the activations: every rank trains on one process's batches (data parallel here)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_SENTENCES * 400))
+    model = save_tiny_model("llama", tmp_path / "lm")
+    args = ["train", "--model", str(model), "--site", "blocks.1.hook_resid_post", "--dataset",
+            str(corpus), "--context-size", "16", "--arch", "relu", "--d-sae", "32",
+            "--batch-size", "64", "--tokens", str(64 * 40), "--buffer-tokens", "512",
+            "--lm-batch-size", "4", "--lr", "1e-2"]
+    single = subprocess.run([sys.executable, "-m", "gated_sae", *args, "--out",
+                             str(tmp_path / "single")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    finished(torchrun([*args, "--out", str(tmp_path / "split")]))
+    left = load_sae(tmp_path / "split" / "relu").state_dict()
+    right = load_sae(tmp_path / "single" / "relu").state_dict()
+    for key in left:
+        gap = float((left[key] - right[key]).norm() / right[key].norm())
+        assert gap <= 1e-5, (key, gap)
 
 
 @pytest.mark.slow

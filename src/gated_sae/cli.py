@@ -36,7 +36,7 @@ from .data.corpus import (
 from .data.lm import DEFAULT_MODEL
 from .data.source import ActivationSource
 from .data.synthetic import write_synthetic
-from .distributed import DEFAULT_TIMEOUT_SECONDS, init_world, leave_world, rank_device
+from .distributed import DEFAULT_TIMEOUT_SECONDS, World, init_world, leave_world, rank_device
 from .errors import ConfigError, DataError, GatedSAEError, check_positive_int
 from .evaluate.lm_metrics import LM_BATCH_SIZE
 from .evaluate.pipeline import SAE_BATCH_SIZE, evaluate_saes, evaluate_stored, heldout_windows
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="architecture option, e.g. b_mag=false (repeatable)")
     _field_flags(train, TrainConfig)
     _add_rank_timeout(train)
+    train.add_argument("--parallel", choices=("data", "saes"),
+                       help="under torchrun: data splits every batch over the ranks, saes "
+                       "spreads the SAEs over them (default: data for one SAE, else saes)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"
@@ -323,8 +326,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict({**raw, **_given(args, _flagged(TrainConfig))})
 
 
-def _train_source(args: argparse.Namespace, config: TrainConfig) -> tuple[Any, dict]:
-    """The batches to train on and the metadata they give the SAE folders."""
+def _train_source(args: argparse.Namespace, config: TrainConfig, world: World) -> tuple[Any, dict]:
+    """The batches to train on and the metadata they give the SAE folders; the model's
+    forward, if they come from one, split over the ranks."""
     from .data.activations_file import load_activations_file
     from .data.batches import ShuffledBatches, cache_batches
     from .data.cache import load_cache
@@ -354,7 +358,7 @@ def _train_source(args: argparse.Namespace, config: TrainConfig) -> tuple[Any, d
     lm = _load_lm(args.model, config.device, args.model_dtype)
     batches = ModelBatches(
         lm, source.site, source.dataset, config.batch_size, config.seed,
-        context_size=source.context_size, text_field=source.text_field,
+        context_size=source.context_size, text_field=source.text_field, world=world,
         **_given(args, ("lm_batch_size", "buffer_tokens", "skip_positions")),
     )
     return batches, source.sae_metadata(skip_positions=batches.skip_positions)
@@ -370,10 +374,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out} exists and is not a folder; give a folder")
     world = init_world(config.device, args.rank_timeout)
     config.device = rank_device(config.device)
-    batches, metadata = _train_source(args, config)
-    saes = Trainer(config, out, metadata=metadata, world=world).fit(batches)
-    for name in saes:
-        print(out / name)
+    batches, metadata = _train_source(args, config, world)
+    data_parallel = args.parallel == "data" or (args.parallel is None and len(config.saes) == 1)
+    saes = Trainer(config, out, metadata, world, data_parallel).fit(batches)
+    if world.is_main or not data_parallel:
+        for name in saes:
+            print(out / name)
 
 
 def _trained_dataset(metadata: dict) -> str | None:

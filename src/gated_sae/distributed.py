@@ -74,6 +74,36 @@ class World:
         if self.size > 1:
             _collective(dist.barrier)
 
+    # Tensor collectives, for a batch split over the ranks (data parallel).
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a batch every rank holds: contiguous, sizes differing by at
+        most one."""
+        return batch.tensor_split(self.size)[self.rank] if self.size > 1 else batch
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum over the ranks of `tensor`, on every rank (`tensor` itself in
+        a world of one)."""
+        if self.size == 1:
+            return tensor
+        total = tensor.clone()
+        _collective(dist.all_reduce, total)
+        return total
+
+    def cat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor` (1-D, lengths may differ) concatenated in rank order."""
+        if self.size == 1:
+            return tensor
+        length = torch.tensor([tensor.numel()], device=tensor.device)
+        lengths = [torch.zeros_like(length) for _ in range(self.size)]
+        _collective(dist.all_gather, lengths, length)
+        longest = int(max(lengths))
+        padded = torch.zeros(longest, dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.numel()] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        _collective(dist.all_gather, parts, padded)
+        return torch.cat([part[: int(n)] for part, n in zip(parts, lengths, strict=True)])
+
 
 SINGLE_PROCESS = World()
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..distributed import SINGLE_PROCESS, World
 from ..errors import ConfigError, DataError, check_positive_int
 from .activations_file import check_finite
 from .cache import ActivationCache, load_cache
@@ -173,13 +174,17 @@ class ModelBatches(BatchStream):
     starts in. It skips the windows before that chunk by tokenizing them (no forward pass),
     then recomputes that chunk: a resumed run sees exactly the batches an uninterrupted one
     would, at the cost of re-reading the text it skips.
+
+    In a `world` of several ranks (torchrun) each rank runs the model on its own share of a
+    chunk's windows and the ranks gather the activations, so that every rank holds the same
+    chunks, hence the same batches.
     """
 
     def __init__(
         self, lm: Any, site: str, dataset: str = DEFAULT_DATASET, batch_size: int = 4096,
         seed: int = 0, *, context_size: int = 128, lm_batch_size: int = 32,
         buffer_tokens: int = DEFAULT_BUFFER_TOKENS, text_field: str = "text",
-        skip_positions: int = 1,
+        skip_positions: int = 1, world: World = SINGLE_PROCESS,
     ):
         for name, value in (("batch_size", batch_size), ("lm_batch_size", lm_batch_size),
                             ("buffer_tokens", buffer_tokens)):
@@ -190,6 +195,7 @@ class ModelBatches(BatchStream):
         self.lm, self.site, self.dataset, self.text_field = lm, site, dataset, text_field
         self.batch_size, self.seed, self.skip_positions = batch_size, seed, skip_positions
         self.context_size, self.lm_batch_size = context_size, lm_batch_size
+        self.world = world
         self.bos = special_token_ids(lm.tokenizer, lm.bos_token_id)[0]
         probe = lm.activations(torch.tensor([[self.bos, self.bos]]), site)  # bad site fails here
         if probe.ndim != 3 or probe.shape[:2] != (1, 2):
@@ -216,14 +222,15 @@ class ModelBatches(BatchStream):
 
     def _chunk(self, windows: Iterator[list[int]], index: int) -> torch.Tensor:
         ids = torch.tensor(list(itertools.islice(windows, self.chunk_windows)))
+        mine = self.world.shard(ids)
         first = self.skip_positions
-        parts = []
-        for start in range(0, len(ids), self.lm_batch_size):
-            acts = self.lm.activations(ids[start:start + self.lm_batch_size], self.site)
+        parts = [torch.empty(0, self.d_in, device=self.lm.device)]
+        for start in range(0, len(mine), self.lm_batch_size):
+            acts = self.lm.activations(mine[start:start + self.lm_batch_size], self.site)
             where = f"activations of {self.site} on training windows"
             check_finite(acts, where)
             parts.append(acts[:, first:].reshape(-1, acts.shape[-1]).float())
-        flat = torch.cat(parts)
+        flat = self.world.cat(torch.cat(parts).flatten()).view(-1, self.d_in)
         order = np.random.default_rng([self.seed, index]).permutation(flat.shape[0])
         return flat[torch.from_numpy(order).to(flat.device)]
 

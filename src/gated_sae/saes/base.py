@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ..distributed import SINGLE_PROCESS, World
 from ..files import umask_mode, writing_to
 
 SAELENS_VERSION = "6.0.0"  # the folder layout we write; SAELens >= 6 reads it unchanged
@@ -91,6 +92,10 @@ class SAE(nn.Module):
     option_labels: ClassVar[dict[str, str]] = {}
     # Option sets that reports list as this architecture's ablations, in their order.
     ablations: ClassVar[tuple[dict, ...]] = ()
+    # The ranks each training batch is split over (data parallel; the trainer sets it). Only
+    # losses that look at the whole batch read it: TopK's normaliser and AuxK's, BatchTopK's
+    # selection. Every other loss is a mean over tokens, which the trainer combines.
+    batch_ranks: World = SINGLE_PROCESS
 
     def __init__(self, d_in: int, d_sae: int, options: dict):
         super().__init__()

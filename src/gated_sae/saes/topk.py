@@ -7,14 +7,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import SINGLE_PROCESS, World
 from ..errors import ConfigError
 from .base import SAE, LossTerms, TrainOutput, squared_error
 from .sparse import Pairs, encoded_blocks
 
 
-def normalized_squared_error(target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-    """`E‖t − t̂‖² / E‖t − E[t]‖²`, the normalised MSE of the reference code."""
-    return squared_error(target, estimate) / squared_error(target, target.mean(0))
+def batch_variance(t: torch.Tensor, ranks: World = SINGLE_PROCESS) -> torch.Tensor:
+    """`E‖t − E[t]‖²` over the whole batch, whose rows may be split over `ranks`."""
+    if ranks.size == 1:
+        return squared_error(t, t.mean(0))
+    totals = ranks.sum(torch.cat([t.new_tensor([t.shape[0]]), t.sum(0)]))
+    n, mean = totals[0], totals[1:] / totals[0]
+    return ranks.sum((t - mean).pow(2).sum().reshape(1))[0] / n
+
+
+def normalized_squared_error(
+    target: torch.Tensor, estimate: torch.Tensor, ranks: World = SINGLE_PROCESS
+) -> torch.Tensor:
+    """`E‖t − t̂‖² / E‖t − E[t]‖²`, the normalised MSE of the reference code; with the batch
+    split over `ranks`, this rank's mean over its tokens against the whole batch's variance."""
+    return squared_error(target, estimate) / batch_variance(target, ranks)
 
 
 class TopKSAE(SAE):
@@ -91,14 +104,14 @@ class TopKSAE(SAE):
         dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
         values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
         residual_hat = self.sparse_decode(torch.relu(values), indices)
-        return normalized_squared_error(residual.detach(), residual_hat)
+        return normalized_squared_error(residual.detach(), residual_hat, self.batch_ranks)
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         values = torch.relu(values)
         x_hat = self.sparse_decode(values, indices) + self.b_dec
-        fvu = normalized_squared_error(x, x_hat)
+        fvu = normalized_squared_error(x, x_hat, self.batch_ranks)
         aux = self.auxk_loss(pre, x - x_hat, dead_mask)
         loss = fvu + self.aux_coef * aux
         latents = torch.zeros_like(pre).scatter_(-1, indices, values.detach())
@@ -106,8 +119,14 @@ class TopKSAE(SAE):
         terms = LossTerms(fvu=fvu.detach(), mse=mse, aux=aux.detach())
         return TrainOutput.dense(loss, terms, latents, (values > 0).sum())
 
+    def batch_tokens(self, n: int) -> int:
+        """The tokens of the whole batch, of which this rank holds `n`."""
+        ranks = self.batch_ranks
+        return n if ranks.size == 1 else int(ranks.sum(self.b_dec.new_tensor([n]))[0])
+
     def block_selection(self, pre: torch.Tensor, n_tokens: int):
-        """(values, flat indices into the block) of the block's candidates: each row's top k."""
+        """(values, flat indices into the block) of the block's candidates: each row's top k;
+        `n_tokens` is the whole batch's."""
         values, cols = pre.topk(self.k, dim=-1, sorted=False)
         rows = torch.arange(pre.shape[0], device=pre.device)[:, None]
         return values.flatten(), (rows * self.d_sae + cols).flatten()
@@ -122,23 +141,24 @@ class TopKSAE(SAE):
         With `v = E‖x − E x‖²`: `∂L/∂x̂_i = 2(x̂_i − x_i)/(n v)`; AuxK likewise on the
         detached residual, with its own variance, times α."""
         n, W_dec, x_c = x.shape[0], self.W_dec, x - self.b_dec
+        n_batch = self.batch_tokens(n)
         dead = dead_mask.nonzero().flatten() if dead_mask is not None else dead_mask
         k_aux = 0 if dead is None else min(self.k_aux, dead.numel())
         kept, aux = [], []
         bias = self.centred_bias(self.W_enc, self.b_enc)
         for start, pre in encoded_blocks(x, self.W_enc, bias, matmul_dtype):
-            values, flat = self.block_selection(pre, n)
+            values, flat = self.block_selection(pre, n_batch)
             kept.append((values, flat + start * self.d_sae))
             if k_aux:
                 values, cols = pre[:, dead].topk(k_aux, dim=-1, sorted=False)
                 rows = torch.arange(start, start + pre.shape[0], device=x.device)[:, None]
                 aux.append((values.flatten(), (rows * self.d_sae + dead[cols]).flatten()))
         candidates = (torch.cat(column) for column in zip(*kept, strict=True))
-        pairs, f = Pairs.from_flat(*self.batch_selection(*candidates, n), n, self.d_sae)
+        pairs, f = Pairs.from_flat(*self.batch_selection(*candidates, n_batch), n, self.d_sae)
         self.after_selection(f)
 
         error = pairs.decode(f, W_dec) + self.b_dec - x
-        variance = squared_error(x, x.mean(0))
+        variance = batch_variance(x, self.batch_ranks)
         mse = error.pow(2).sum() / n
         grad_x_hat = error * (2 / (n * variance))
         grad_pre = pairs.dot(grad_x_hat, W_dec)
@@ -151,7 +171,7 @@ class TopKSAE(SAE):
             aux_pairs, a = Pairs.from_flat(*columns, n, self.d_sae)
             residual = -error
             aux_error = aux_pairs.decode(a, W_dec) - residual
-            aux_variance = squared_error(residual, residual.mean(0))
+            aux_variance = batch_variance(residual, self.batch_ranks)
             aux_loss = aux_error.pow(2).sum() / (n * aux_variance)
             grad_residual_hat = aux_error * (2 * self.aux_coef / (n * aux_variance))
             grad_a = aux_pairs.dot(grad_residual_hat, W_dec)
@@ -219,13 +239,13 @@ class BatchTopKSAE(TopKSAE):
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
-        acts = torch.relu(pre)
-        flat_values, flat_indices = acts.flatten().topk(self.k * x.shape[0], sorted=False)
-        latents = torch.zeros_like(acts).flatten().scatter(0, flat_indices, flat_values)
-        latents = latents.view_as(acts)
+        acts = torch.relu(pre).flatten()
+        flat_indices = self.largest(acts, self.batch_tokens(x.shape[0]))
+        flat_values = acts[flat_indices]
+        latents = torch.zeros_like(acts).scatter(0, flat_indices, flat_values).view_as(pre)
         self.after_selection(flat_values.detach())
         x_hat = self.decode(latents)
-        fvu = normalized_squared_error(x, x_hat)
+        fvu = normalized_squared_error(x, x_hat, self.batch_ranks)
         aux = self.auxk_loss(pre, x - x_hat, dead_mask)
         loss = fvu + self.aux_coef * aux
         mse = squared_error(x, x_hat).detach()
@@ -239,15 +259,29 @@ class BatchTopKSAE(TopKSAE):
 
     def batch_selection(self, values, flat, n_tokens):
         """The batch's `n·k` largest among the blocks' candidates."""
-        values, order = values.topk(min(n_tokens * self.k, values.numel()), sorted=False)
-        return values, flat[order]
+        order = self.largest(values, n_tokens)
+        return values[order], flat[order]
+
+    def largest(self, values: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """The indices of the batch's `n·k` largest `values` (n the whole batch's tokens).
+        With the batch split over ranks, each rank offers its own `n·k` largest, and keeps
+        those at or above the smallest of the `n·k` largest offered by all."""
+        ranks, kept = self.batch_ranks, n_tokens * self.k
+        local = values.topk(min(kept, values.numel()), sorted=False)
+        if ranks.size == 1:
+            return local.indices
+        offered = ranks.cat(local.values.detach())
+        cutoff = offered.topk(min(kept, offered.numel()), sorted=False).values.min()
+        return local.indices[local.values >= cutoff]
 
     @torch.no_grad()
     def after_selection(self, kept: torch.Tensor) -> None:
         positive = kept[kept > 0]
-        if positive.numel() == 0:
+        smallest = positive.min() if positive.numel() else kept.new_tensor(math.inf)
+        if self.batch_ranks.size > 1:
+            smallest = self.batch_ranks.cat(smallest.reshape(1)).min()
+        if not bool(torch.isfinite(smallest)):
             return
-        smallest = positive.min()
         if bool(self.threshold_initialised):
             m = self.threshold_momentum
             self.threshold.mul_(m).add_(smallest, alpha=1 - m)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..saes import SAE, TrainOutput, create_sae
+from ..distributed import SINGLE_PROCESS, World
+from ..saes import SAE, LossTerms, TrainOutput, create_sae
 
 if TYPE_CHECKING:
     from .trainer import SAEConfig
@@ -41,12 +42,19 @@ def init_seed(seed: int, cfg: SAEConfig, d_in: int) -> int:
 
 
 class TrainingSlot:
-    """One SAE under training with its optimiser, dead-latent counter and step density."""
+    """One SAE under training with its optimiser, dead-latent counter and step density.
+
+    In a data-parallel job (`batch_ranks` of several ranks) every rank holds the same SAE and
+    the whole batch, steps on its own rows of it, and the ranks sum their gradients, each
+    rank's mean over its tokens weighted by its share of the batch: the whole batch's.
+    """
 
     def __init__(
-        self, cfg: SAEConfig, d_in: int, device: str, seed: int, precision: str = "float32"
+        self, cfg: SAEConfig, d_in: int, device: str, seed: int, precision: str = "float32",
+        batch_ranks: World = SINGLE_PROCESS,
     ):
         self.cfg = cfg
+        self.batch_ranks = batch_ranks
         self.device_type = torch.device(device).type
         self.matmul_dtype = PRECISIONS[precision]
         torch.manual_seed(init_seed(seed, cfg, d_in))
@@ -54,6 +62,7 @@ class TrainingSlot:
         # or ranks, it shares a run with.
         self.generator = torch.Generator().manual_seed(init_seed(seed, cfg, d_in))
         self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
+        self.sae.batch_ranks = batch_ranks
         # A run sets lr from its steps when it is not given (trainer.default_lr); a slot used
         # alone (benchmarks, tests) knows no steps and takes the architecture's published lr.
         self.lr = cfg.lr if cfg.lr is not None else self.sae.default_lr(cfg.d_sae)
@@ -98,10 +107,11 @@ class TrainingSlot:
         dead_tokens: int,
         path: str = "dense",
     ) -> TrainOutput:
-        """One optimiser step on a batch of scaled activations, on the `dense` or `sparse`
-        path (the same mathematics); returns its output with the loss detached and without
-        the dense latents."""
-        sae, opt = self.sae, self.optimizer
+        """One optimiser step on a batch of scaled activations (this rank's rows of it in a
+        data-parallel job), on the `dense` or `sparse` path (the same mathematics); returns
+        the whole batch's output with the loss detached and without the dense latents."""
+        sae, opt, batch = self.sae, self.optimizer, x
+        x = self.batch_ranks.shard(batch)
         for group in opt.param_groups:
             group["lr"] = self.lr * lr_scale
         dead_mask = self.tokens_since_fired >= dead_tokens
@@ -115,14 +125,40 @@ class TrainingSlot:
             with torch.autocast(self.device_type, dtype=precision, enabled=autocast):
                 out = sae.training_loss(x, coef, dead_mask)
             out.loss.backward()
+        if self.batch_ranks.size > 1:
+            out = self._summed_over_ranks(out, x.shape[0] / batch.shape[0])
         if sae.unit_norm_decoder:
             sae.remove_parallel_decoder_grad_()
         opt.step()
         sae.after_step_()
-        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired += batch.shape[0]
         self.tokens_since_fired[out.fired] = 0
-        self.density = out.active_pairs / (x.shape[0] * sae.d_sae)
+        self.density = out.active_pairs / (batch.shape[0] * sae.d_sae)
         return replace(out, loss=out.loss.detach(), latents=None)
+
+    @torch.no_grad()
+    def _summed_over_ranks(self, out: TrainOutput, share: float) -> TrainOutput:
+        """The whole batch's gradients and step output from this rank's, in one collective:
+        means over tokens (gradients, loss, its terms, L0) weighted by the rank's `share` of
+        the batch and summed; the latents that fired anywhere; all ranks' active pairs."""
+        grads = [p.grad for p in self.sae.parameters() if p.grad is not None]
+        terms = out.terms.present()
+        means = torch.stack([out.loss.detach(), *terms.values(), out.l0]).float()
+        packed = torch.cat([
+            *(g.flatten() * share for g in grads), means * share, out.fired.float(),
+            means.new_tensor([out.active_pairs]),
+        ])
+        packed = self.batch_ranks.sum(packed)
+        start = 0
+        for g in grads:
+            g.copy_(packed[start : start + g.numel()].view_as(g))
+            start += g.numel()
+        means = packed[start : start + len(means)]
+        fired = packed[start + len(means) : -1] > 0
+        return replace(
+            out, loss=means[0], terms=LossTerms(**dict(zip(terms, means[1:-1], strict=True))),
+            l0=means[-1], fired=fired, active_pairs=int(packed[-1]),
+        )
 
     @torch.no_grad()
     def resample_dead(self, x: torch.Tensor, window_tokens: int) -> int:

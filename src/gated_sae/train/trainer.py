@@ -216,17 +216,23 @@ class Trainer:
     Running again with the same `out` and config resumes from the last checkpoint, and ends
     with the same weights an uninterrupted run would have (bitwise on CPU).
 
-    In a `world` of several ranks (torchrun) the SAEs are spread over the ranks, balanced by
-    width and architecture (`SAE.relative_step_cost`); every rank reads the same batches and
-    steps its own SAEs. The folder is the one a single process writes: rank 0 writes the
-    logs, curves, run record and checkpoint, each rank its own SAEs' folders.
+    In a `world` of several ranks (torchrun) every rank reads the same batches, and either
+    - the SAEs are spread over the ranks, balanced by width and architecture
+      (`SAE.relative_step_cost`), each rank stepping its own (SAE parallel), or
+    - with `data_parallel`, every rank steps every SAE on its own rows of each batch, and the
+      ranks sum their gradients (`TrainingSlot`): the SAEs of a single process, up to
+      round-off.
+    The folder is the one a single process writes: rank 0 writes the logs, curves, run record
+    and checkpoint, and the SAE folders of its own SAEs (all of them in data parallel), each
+    other rank its own SAEs' folders.
     """
 
     def __init__(self, config: TrainConfig, out: str | Path, metadata: dict | None = None,
-                 world: World = SINGLE_PROCESS):
+                 world: World = SINGLE_PROCESS, data_parallel: bool = False):
         self.config, self.out = config, Path(out)
         self.metadata = metadata or {}
         self.world = world
+        self.data_parallel = data_parallel and world.size > 1
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.log_path = self.out / "metrics.jsonl"
         self.curves_path = self.out / "curves.jsonl"
@@ -247,7 +253,9 @@ class Trainer:
         cfg, world = self.config, self.world
         run_file = self.out / "run.json"
         owned = world.share([s.d_sae * sae_class(s.arch).relative_step_cost for s in cfg.saes])
-        if world.is_main and world.size > len(cfg.saes):
+        if self.data_parallel:
+            owned = list(range(len(cfg.saes)))
+        elif world.is_main and world.size > len(cfg.saes):
             warnings.warn(f"{world.size} ranks share {len(cfg.saes)} SAEs: the ranks without "
                           "one only read batches", stacklevel=2)
         if run_file.is_file():
@@ -274,7 +282,8 @@ class Trainer:
         first = self._next_batch(stream, start)
         d_in = first.shape[1]
 
-        slots = [TrainingSlot(cfg.saes[i], d_in, cfg.device, cfg.seed, cfg.precision)
+        batch_ranks = world if self.data_parallel else SINGLE_PROCESS
+        slots = [TrainingSlot(cfg.saes[i], d_in, cfg.device, cfg.seed, cfg.precision, batch_ranks)
                  for i in owned]
         if resume:
             scale = resume["input_scale"]
@@ -346,7 +355,8 @@ class Trainer:
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                     rows = _log_rows(step + 1, (step + 1) * cfg.batch_size, lr_scale, coef_scale,
                                      records, cfg.dead_tokens)
-                    rows = self._in_config_order(world.all_gather(rows))
+                    if not self.data_parallel:
+                        rows = self._in_config_order(world.all_gather(rows))
                     _check_finite(rows)
                     if world.is_main:
                         logger.log(rows)
@@ -369,17 +379,21 @@ class Trainer:
         result = {}
         for slot in slots:
             sae = copy.deepcopy(slot.sae).cpu()
+            sae.batch_ranks = SINGLE_PROCESS
             sae.fold_input_scale_(scale)
-            sae.save(
-                self.sae_dir(slot.cfg.name),
-                metadata={**self.metadata, "training": asdict(slot.cfg)},
-            )
+            if world.is_main or not self.data_parallel:
+                sae.save(
+                    self.sae_dir(slot.cfg.name),
+                    metadata={**self.metadata, "training": asdict(slot.cfg)},
+                )
             result[slot.cfg.name] = sae
         wall_seconds = time.perf_counter() - loop_started
-        ranks = world.gather((dead, step_seconds, paths))  # after every rank saved its SAEs
+        ranks = self._gather((dead, step_seconds, paths))  # after every rank saved its SAEs
         if world.is_main:
             timing = {
                 "steps": cfg.steps - start,
+                "ranks": world.size,
+                "parallel": "data" if self.data_parallel else "saes",
                 "wall_seconds": wall_seconds,
                 "step_seconds": self._merged(r[1] for r in ranks),
                 "paths": self._merged(r[2] for r in ranks),
@@ -391,6 +405,13 @@ class Trainer:
             self.checkpoint_path.unlink(missing_ok=True)
         world.barrier()  # the run is finished on disk before any rank goes on
         return result
+
+    def _gather(self, obj) -> list | None:
+        """Every rank's `obj` on rank 0 (None elsewhere); in data parallel, where every rank
+        holds the same, rank 0's alone."""
+        if self.data_parallel:
+            return [obj] if self.world.is_main else None
+        return self.world.gather(obj)
 
     def _merged(self, per_rank: Iterable[dict]) -> dict:
         """The ranks' dicts by SAE name as one, in the config's order."""
@@ -421,7 +442,7 @@ class Trainer:
     def _save_checkpoint(self, step: int, scale: float, slots) -> None:
         """One checkpoint of every SAE, written by rank 0 in the config's order, so that a
         run resumes on any number of ranks."""
-        states = self.world.gather({s.cfg.name: _to_cpu(s.state()) for s in slots})
+        states = self._gather({s.cfg.name: _to_cpu(s.state()) for s in slots})
         if self.world.is_main:
             states = self._merged(states)
             save_checkpoint(
@@ -430,12 +451,15 @@ class Trainer:
             )
 
     def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots) -> None:
+        if self.data_parallel and not self.world.is_main:
+            return
         saes = {}
         for slot in slots:
             sae = copy.deepcopy(slot.sae)
+            sae.batch_ranks = SINGLE_PROCESS
             sae.fold_input_scale_(scale)
             saes[slot.cfg.name] = sae
-        gathered = self.world.gather(evaluate(saes) if saes else {})
+        gathered = self._gather(evaluate(saes) if saes else {})
         if not self.world.is_main:
             return
         metrics = self._merged(gathered)
