@@ -191,6 +191,15 @@ def test_shrinkage_reproduces_the_paper_with_both_gammas(found):
     assert all(d.verdict == findings.LOWER for d in relu.gamma + relu.centred)
     assert not any(d.verdict == findings.LOWER for d in gated.gamma + gated.centred)
     assert found.q2.reproduces_shrinkage
+    # a gated γ below 1 by less than relu's smallest shrinkage still reproduces it; by more,
+    # it does not
+    least = min(1 - d.alt.value for d in relu.gamma)
+    for shrink, reproduces in ((least / 2, True), (least * 2, False)):
+        value = 1 - shrink
+        low = findings.Interval(value, value - 1e-4, value + 1e-4, gated.gamma[0].alt.valid)
+        shrunk = replace(gated.gamma[0], alt=low, delta=low)
+        q2 = replace(found.q2, shrinkage=[relu, replace(gated, gamma=[shrunk, *gated.gamma[1:]])])
+        assert q2.reproduces_shrinkage is reproduces
     # the centred γ is the shrinkage of the varying part: relu's runs 0.8–0.9 by level
     assert [round(d.alt.value, 2) for d in relu.centred] == [0.8, 0.82, 0.85, 0.88, 0.9]
     assert all(g.alt.value > c.alt.value for g, c in zip(relu.gamma, relu.centred, strict=True))
@@ -394,7 +403,8 @@ def test_report_writes_the_findings_into_each_question(report):
     assert "gated needs fewer active latents than relu: L0_gated / L0_relu = 0.400, " \
            "intervals within [0.3" in q2
     assert "| gated / relu | L0 | loss recovered 0.793 |" in q2 and "| 0.400 [0.3" in q2
-    assert "The paper's shrinkage finding (relu's γ below 1, gated's not) reproduces" in q2
+    assert "The paper's shrinkage finding (relu's γ below 1; gated's at 1, or shrinking less " \
+           "than relu's at any level) reproduces" in q2
     q3 = _section(md, "Q3.")
     assert "gated's b = 0.50 [" in q3 and "resting on 4 widths (256, 512, 1024 and 2048)" in q3
     assert "no family's fidelity falls with width beyond its interval (7 of 7 adjacent pairs" \

@@ -376,10 +376,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     config.device = rank_device(config.device)
     batches, metadata = _train_source(args, config, world)
     data_parallel = args.parallel == "data" or (args.parallel is None and len(config.saes) == 1)
-    saes = Trainer(config, out, metadata, world, data_parallel).fit(batches)
-    if world.is_main or not data_parallel:
-        for name in saes:
-            print(out / name)
+    Trainer(config, out, metadata, world, data_parallel).fit(batches)
+    if world.is_main:  # every rank's SAEs are saved once fit returns
+        for sae in config.saes:
+            print(out / sae.name)
 
 
 def _trained_dataset(metadata: dict) -> str | None:

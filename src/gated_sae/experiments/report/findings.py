@@ -236,12 +236,15 @@ class Q2:
 
     @property
     def reproduces_shrinkage(self) -> bool | None:
-        """The paper's finding: relu's γ below 1 at every level, gated's nowhere."""
+        """The paper's finding: relu's γ below 1 at every level; gated's, where it is below 1
+        at all, shrinks less than relu's does at any level (1 − γ below relu's smallest). A
+        gated γ of 0.998 that excludes 1 is not the shrinkage the paper describes."""
         relu, gated = self.shrinkage
         if not relu.gamma or any(d.verdict == NO_INTERVAL for d in relu.gamma + gated.gamma):
             return None
-        return all(d.verdict == LOWER for d in relu.gamma) and not any(
-            d.verdict == LOWER for d in gated.gamma
+        least = min(1 - d.alt.value for d in relu.gamma)
+        return all(d.verdict == LOWER for d in relu.gamma) and all(
+            1 - d.alt.value < least for d in gated.gamma if d.verdict == LOWER
         )
 
 

@@ -267,7 +267,8 @@ def shrinkage_verdict(q2: Q2) -> str:
     if reproduces is None:
         return f"The paper's shrinkage finding: {fmt.NOT_MEASURED} with intervals."
     return (
-        "The paper's shrinkage finding (relu's γ below 1, gated's not) "
+        "The paper's shrinkage finding (relu's γ below 1; gated's at 1, or shrinking less "
+        "than relu's at any level) "
         + ("reproduces" if reproduces else "does not reproduce")
         + " here. The paper's γ is uncentred: the mean of x inflates both of its terms, so "
         "the centred γ shows the shrinkage of the varying part."
