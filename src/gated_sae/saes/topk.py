@@ -119,14 +119,14 @@ class TopKSAE(SAE):
         terms = LossTerms(fvu=fvu.detach(), mse=mse, aux=aux.detach())
         return TrainOutput.dense(loss, terms, latents, (values > 0).sum())
 
-    def batch_tokens(self, n: int) -> int:
-        """The tokens of the whole batch, of which this rank holds `n`."""
-        ranks = self.batch_ranks
-        return n if ranks.size == 1 else int(ranks.sum(self.b_dec.new_tensor([n]))[0])
+    def selection_tokens(self, n: int) -> int:
+        """The tokens a selection ranges over, of which this rank holds `n`: TopK selects
+        within each token, so `n` itself."""
+        return n
 
     def block_selection(self, pre: torch.Tensor, n_tokens: int):
         """(values, flat indices into the block) of the block's candidates: each row's top k;
-        `n_tokens` is the whole batch's."""
+        `n_tokens` is `selection_tokens`'s."""
         values, cols = pre.topk(self.k, dim=-1, sorted=False)
         rows = torch.arange(pre.shape[0], device=pre.device)[:, None]
         return values.flatten(), (rows * self.d_sae + cols).flatten()
@@ -141,20 +141,20 @@ class TopKSAE(SAE):
         With `v = E‖x − E x‖²`: `∂L/∂x̂_i = 2(x̂_i − x_i)/(n v)`; AuxK likewise on the
         detached residual, with its own variance, times α."""
         n, W_dec, x_c = x.shape[0], self.W_dec, x - self.b_dec
-        n_batch = self.batch_tokens(n)
+        n_selected = self.selection_tokens(n)
         dead = dead_mask.nonzero().flatten() if dead_mask is not None else dead_mask
         k_aux = 0 if dead is None else min(self.k_aux, dead.numel())
         kept, aux = [], []
         bias = self.centred_bias(self.W_enc, self.b_enc)
         for start, pre in encoded_blocks(x, self.W_enc, bias, matmul_dtype):
-            values, flat = self.block_selection(pre, n_batch)
+            values, flat = self.block_selection(pre, n_selected)
             kept.append((values, flat + start * self.d_sae))
             if k_aux:
                 values, cols = pre[:, dead].topk(k_aux, dim=-1, sorted=False)
                 rows = torch.arange(start, start + pre.shape[0], device=x.device)[:, None]
                 aux.append((values.flatten(), (rows * self.d_sae + dead[cols]).flatten()))
         candidates = (torch.cat(column) for column in zip(*kept, strict=True))
-        pairs, f = Pairs.from_flat(*self.batch_selection(*candidates, n_batch), n, self.d_sae)
+        pairs, f = Pairs.from_flat(*self.batch_selection(*candidates, n_selected), n, self.d_sae)
         self.after_selection(f)
 
         error = pairs.decode(f, W_dec) + self.b_dec - x
@@ -240,7 +240,7 @@ class BatchTopKSAE(TopKSAE):
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
         acts = torch.relu(pre).flatten()
-        flat_indices = self.largest(acts, self.batch_tokens(x.shape[0]))
+        flat_indices = self.largest(acts, self.selection_tokens(x.shape[0]))
         flat_values = acts[flat_indices]
         latents = torch.zeros_like(acts).scatter(0, flat_indices, flat_values).view_as(pre)
         self.after_selection(flat_values.detach())
@@ -251,6 +251,12 @@ class BatchTopKSAE(TopKSAE):
         mse = squared_error(x, x_hat).detach()
         terms = LossTerms(fvu=fvu.detach(), mse=mse, aux=aux.detach())
         return TrainOutput.dense(loss, terms, latents, (flat_values > 0).sum())
+
+    def selection_tokens(self, n: int) -> int:
+        """The whole batch's tokens, of which this rank holds `n`: BatchTopK selects across
+        the batch."""
+        ranks = self.batch_ranks
+        return n if ranks.size == 1 else int(ranks.sum(self.b_dec.new_tensor([n]))[0])
 
     def block_selection(self, pre, n_tokens):
         """The block's `n·k` largest activations: a superset of its share of the batch's."""
