@@ -252,12 +252,14 @@ class Trainer:
         """
         cfg, world = self.config, self.world
         run_file = self.out / "run.json"
-        owned = world.share([s.d_sae * sae_class(s.arch).relative_step_cost for s in cfg.saes])
         if self.data_parallel:
             owned = list(range(len(cfg.saes)))
-        elif world.is_main and world.size > len(cfg.saes):
-            warnings.warn(f"{world.size} ranks share {len(cfg.saes)} SAEs: the ranks without "
-                          "one only read batches", stacklevel=2)
+        else:
+            owned = world.share([s.d_sae * sae_class(s.arch).relative_step_cost
+                                 for s in cfg.saes])
+            if world.is_main and world.size > len(cfg.saes):
+                warnings.warn(f"{world.size} ranks share {len(cfg.saes)} SAEs: the ranks "
+                              "without one only read batches", stacklevel=2)
         if run_file.is_file():
             run = json.loads(run_file.read_text())
             if run.get("config") != asdict(cfg):
@@ -378,9 +380,7 @@ class Trainer:
         logger.close()
         result = {}
         for slot in slots:
-            sae = copy.deepcopy(slot.sae).cpu()
-            sae.batch_ranks = SINGLE_PROCESS
-            sae.fold_input_scale_(scale)
+            sae = _folded_copy(slot, scale).cpu()
             if world.is_main or not self.data_parallel:
                 sae.save(
                     self.sae_dir(slot.cfg.name),
@@ -453,12 +453,7 @@ class Trainer:
     def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots) -> None:
         if self.data_parallel and not self.world.is_main:
             return
-        saes = {}
-        for slot in slots:
-            sae = copy.deepcopy(slot.sae)
-            sae.batch_ranks = SINGLE_PROCESS
-            sae.fold_input_scale_(scale)
-            saes[slot.cfg.name] = sae
+        saes = {slot.cfg.name: _folded_copy(slot, scale) for slot in slots}
         gathered = self._gather(evaluate(saes) if saes else {})
         if not self.world.is_main:
             return
@@ -484,6 +479,15 @@ class Trainer:
             },
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def _folded_copy(slot: TrainingSlot, scale: float) -> SAE:
+    """A copy of the slot's SAE that maps raw activations (input scale folded in) and runs
+    alone, outside the ranks its training batches were split over."""
+    sae = copy.deepcopy(slot.sae)
+    sae.batch_ranks = SINGLE_PROCESS
+    sae.fold_input_scale_(scale)
+    return sae
 
 
 def _truncate_lines(path: Path, step: int) -> None:
