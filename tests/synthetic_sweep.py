@@ -211,37 +211,37 @@ def _metrics(h: dict, i: int) -> dict:
 
 def curve(s: SAE) -> list[dict]:
     """Held-out FVU, L0 and loss recovered approaching the truths; every other point has no
-    loss recovered. A slow SAE is still far from its end at three quarters of training."""
+    loss recovered. The half-budget twin ends where the run was at half its steps, so a
+    slow SAE's twin is still far from the end."""
     steps = s.width * TOKENS_PER_LATENT // BATCH
     tau = steps / (1.2 if s.slow else 16)
-    points = []
-    for i, step in enumerate([*range(0, steps, 25), steps]):
+
+    def point(step: int, run_steps: int, measured: bool) -> dict:
         decay = math.exp(-step / tau)
-        measured = i % 2 == 0 or step == steps
-        points.append({
-            "name": s.name, "step": step, "tokens": step * BATCH, "l0": s.l0 * (1 + 2 * decay),
-            "fvu": s.fvu + (0.95 - s.fvu) * decay,
+        return {
+            "name": s.name, "step": step, "tokens": step * BATCH, "run_tokens": run_steps * BATCH,
+            "l0": s.l0 * (1 + 2 * decay), "fvu": s.fvu + (0.95 - s.fvu) * decay,
             "loss_recovered": s.loss_recovered - (s.loss_recovered - 0.3) * decay
             if measured else math.nan,
-        })
-    return points
+        }
+
+    points = [point(step, steps, i % 2 == 0 or step == steps)
+              for i, step in enumerate([*range(0, steps, 25), steps])]
+    twin = point(steps // 2, steps // 2, True)
+    return sorted([*points, twin], key=lambda p: (p["tokens"], p["run_tokens"]))
 
 
 def _training(s: SAE, points: list[dict]) -> dict:
     """The training columns, lr_change read off the SAE's own curve as the contract says for
-    a family of one: the last measured point at or before 3/4 of training against the last at
-    or before 1/2."""
-    def at(fraction: float) -> dict:
-        return [p for p in points if p["step"] <= fraction * points[-1]["step"]
-                and math.isfinite(p["loss_recovered"])][-1]
-
-    later, halfway = at(3 / 4), at(1 / 2)
-    lr_change = later["loss_recovered"] - halfway["loss_recovered"]
+    a family of one: the end of the run against its half-budget twin."""
+    final = points[-1]
+    twin = next(p for p in points if p["run_tokens"] < final["run_tokens"])
+    lr_change = final["loss_recovered"] - twin["loss_recovered"]
     tokens = s.width * TOKENS_PER_LATENT
     return {
         "train_dead_fraction": s.dead, "train_dead_tokens": 65_536,
         "converged": int(abs(lr_change) < 0.005), "lr_change": lr_change,
-        "fvu_change": (later["fvu"] - halfway["fvu"]) / later["fvu"],
+        "fvu_change": (final["fvu"] - twin["fvu"]) / final["fvu"],
         "train_seconds": tokens * s.width * (3e-8 if s.arch == "gated" else 2e-8),
         "pass_seconds": 60.0, "eval_seconds": 2.5, "tokens": tokens,
     }
@@ -267,7 +267,7 @@ def write_sweep(folder: Path, saes: list[SAE], record: dict | None = None,
     if heldout:
         np.savez(folder / "heldout.npz", **sums)
     if curves:
-        columns = ("name", "step", "tokens", "l0", "fvu", "loss_recovered")
+        columns = ("name", "step", "tokens", "run_tokens", "l0", "fvu", "loss_recovered")
         lines = [",".join(columns)] + [",".join(repr(p[c]) if isinstance(p[c], float)
                                                 else str(p[c]) for c in columns)
                                        for p in curve_rows]

@@ -376,7 +376,7 @@ def test_empty_missing_and_malformed_inputs(tmp_path):
     with pytest.raises(DataError, match=r"heldout\.npz has no array 'x_mu'"):
         write_report(folder)
     (folder / "heldout.npz").unlink()
-    (folder / "curves.csv").write_text("name,step,tokens,l0,fvu\nx,0,0,1,1\n")
+    (folder / "curves.csv").write_text("name,step,tokens,run_tokens,l0,fvu\nx,0,0,1,1,1\n")
     with pytest.raises(DataError, match=r"curves\.csv has no column 'loss_recovered'"):
         write_report(folder)
 

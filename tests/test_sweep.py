@@ -148,36 +148,58 @@ def test_presets_hold_the_comparisons_the_three_questions_need(preset):
         for width in widths:
             levels = {level for (_, level), n in seeds(variant, width).items() if n >= 3}
             assert len(levels) >= 4, (variant, width)
-    for variant in ("gated no r_mag", "gated untied", "gated RI-L1"):
+    for variant in ("gated no r_mag", "gated untied"):  # the paper's ablations
         assert len(seeds(variant, main)) >= 3, variant
     assert {"topk", "batchtopk", "jumprelu"} <= {p.variant for p in points if p.sae.d_sae == main}
 
 
-def _points(*rows):
-    """Curve points from (step, L0, FVU, loss recovered) rows."""
-    return [{"step": s, "l0": l0, "fvu": fvu, "loss_recovered": lr} for s, l0, fvu, lr in rows]
+def _curve(twin, end):
+    """An SAE's curve points from the (L0, FVU, loss recovered) of its half-budget twin and of
+    the end of its run of 8 steps; at step 4 the run itself is elsewhere (constant lr)."""
+    def point(step, run, values):
+        l0, fvu, lr = values
+        return {"step": step, "run_tokens": run, "l0": l0, "fvu": fvu, "loss_recovered": lr}
+
+    return [point(4, 8, (99, 0.9, 0.5)), point(4, 4, twin), point(8, 8, end)]
 
 
-def test_convergence_compares_each_sae_with_its_familys_halfway_frontier_at_matched_l0():
-    """Two levels. At 1/2 (step 4) the frontier runs from (L0 10, 0.90) to (L0 40, 0.98).
-    At 3/4 (step 6) the sparse SAE sank to L0 20 at 0.945: the frontier there reads
-    0.90 + 0.08·ln 2/ln 4 = 0.94, so it rose 0.005 and fails though its own loss recovered
-    fell. The dense one at L0 80 lies beyond the last point: the segment continued gives
-    0.98 + 0.08·ln 2/ln 4 = 1.02, so its 0.99 is 0.03 below: it moved too, downward."""
-    sparse = _points((2, 30, 0.5, 0.96), (4, 10, 0.4, 0.90), (6, 20, 0.27, 0.945),
-                     (8, 20, 0.3, 0.95))
-    dense = _points((2, 90, 0.5, 0.99), (4, 40, 0.2, 0.98), (6, 80, 0.1, 0.99), (8, 80, 0.1, 0.99))
-    found = convergence({"sparse": sparse, "dense": dense})
-    assert found["sparse"]["lr_change"] == pytest.approx(0.005)
-    assert found["sparse"]["fvu_change"] == pytest.approx((0.27 - 0.3) / 0.27)  # FVU alike
-    assert found["dense"]["lr_change"] == pytest.approx(-0.03)
-    assert found["dense"]["fvu_change"] == pytest.approx(0.0)  # 0.2 − 0.2·ln 2/ln 4 = 0.1
-    assert (found["sparse"]["converged"], found["dense"]["converged"]) == (0, 0)
-    # A family of one: its own halfway point; an SAE that never fired cannot be judged.
-    alone = convergence({"a": _points((2, 9, 0.5, 0.9), (4, 8, 0.4, 0.93), (6, 7, 0.4, 0.932),
-                                      (8, 7, 0.4, 0.94))})
+def test_convergence_compares_each_sae_with_its_familys_half_budget_frontier_at_matched_l0():
+    """Three levels. The twins (step 4, lr decayed) make the half-budget frontier (L0 10,
+    0.90), (30, 0.95), (40, 0.98). At the end the sparse SAE sank to L0 20 at 0.945: the
+    frontier reads 0.90 + 0.05·ln 2/ln 3 there, so it rose by more than 0.005 and fails
+    though its own loss recovered fell. The dense one ends at L0 50, 1.25× past the last
+    twin, inside the reach: the end segment continued."""
+    sparse = _curve((10, 0.4, 0.90), (20, 0.27, 0.945))
+    middle = _curve((30, 0.25, 0.95), (30, 0.25, 0.952))
+    dense = _curve((40, 0.2, 0.98), (50, 0.15, 0.985))
+    found = convergence({"sparse": sparse, "middle": middle, "dense": dense})
+    x = math.log
+    at20 = 0.90 + 0.05 * x(2) / x(3)
+    assert found["sparse"]["lr_change"] == pytest.approx(0.945 - at20)
+    fvu20 = 0.4 - 0.15 * x(2) / x(3)  # FVU's envelope (lower is better) has the same points
+    assert found["sparse"]["fvu_change"] == pytest.approx((0.27 - fvu20) / 0.27)
+    assert found["middle"]["lr_change"] == pytest.approx(0.002)  # at a twin's own L0
+    beyond = 0.95 + 0.03 * x(50 / 30) / x(40 / 30)
+    assert found["dense"]["lr_change"] == pytest.approx(0.985 - beyond)
+    assert [found[n]["converged"] for n in ("sparse", "middle", "dense")] == [0, 1, 0]
+
+
+def test_convergence_reads_the_envelope_and_nothing_far_past_its_ends():
+    """A twin that a sparser twin beats is off the envelope; past 1.5× beyond the twins' L0
+    range nothing is read; a family of one reads its own twin within that reach; an SAE
+    that never fired cannot be judged."""
+    beaten = _curve((40, 0.3, 0.93), (40, 0.3, 0.95))
+    better = _curve((20, 0.2, 0.96), (20, 0.2, 0.962))
+    far = _curve((60, 0.2, 0.97), (200, 0.1, 0.99))
+    found = convergence({"beaten": beaten, "better": better, "far": far})
+    # at L0 40 the envelope runs from (20, 0.96) to (60, 0.97), not through the beaten 0.93
+    on_envelope = 0.96 + 0.01 * math.log(2) / math.log(3)
+    assert found["beaten"]["lr_change"] == pytest.approx(0.95 - on_envelope)
+    assert found["better"]["lr_change"] == pytest.approx(0.002)
+    assert math.isnan(found["far"]["lr_change"]) and found["far"]["converged"] == 0
+    alone = convergence({"a": _curve((8, 0.4, 0.93), (7, 0.4, 0.932))})
     assert alone["a"]["lr_change"] == pytest.approx(0.002) and alone["a"]["converged"] == 1
-    dead = convergence({"d": _points((2, 0, 1, 0), (4, 0, 1, 0), (6, 0, 1, 0), (8, 0, 1, 0))})
+    dead = convergence({"d": _curve((0, 1, 0), (0, 1, 0))})
     assert math.isnan(dead["d"]["lr_change"]) and dead["d"]["converged"] == 0
 
 
@@ -246,12 +268,16 @@ def test_a_sweep_over_a_cache_evaluates_with_the_caches_model_corpus_and_context
                                       for k in sums.files if k != "names"})
     for key in ("fvu", "l0", "gamma", "gamma_centred", "loss_recovered", "delta_loss"):
         assert float(row[key]) == pytest.approx(float(totals[key]), rel=1e-12), key
-    # curves.csv: curve_points evaluations, the last one at the end; convergence from them
+    # curves.csv: curve_points evaluations, the last one at the end, and the half-budget
+    # twin's at step 5; convergence from them
     curve = list(csv.DictReader((tmp_path / "curves.csv").open()))
-    assert [int(r["step"]) for r in curve] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [(int(r["step"]), int(r["run_tokens"])) for r in curve] == [
+        *((s, 1280) for s in range(1, 6)), (5, 640), *((s, 1280) for s in range(6, 11))]
     assert {r["name"] for r in curve} == {row["name"]}
-    # one SAE, so its own halfway point (step 5) is the frontier it is compared with at 3/4
-    change = float(curve[6]["loss_recovered"]) - float(curve[4]["loss_recovered"])  # step 7
+    # one SAE, so its own twin is the frontier the end is compared with, at an L0 near it
+    twin, end = curve[5], curve[-1]
+    assert 1 / 1.5 <= float(end["l0"]) / float(twin["l0"]) <= 1.5
+    change = float(end["loss_recovered"]) - float(twin["loss_recovered"])
     assert float(row["lr_change"]) == pytest.approx(change)
     assert row["converged"] == str(int(abs(change) < CONVERGENCE_TOLERANCE))
     run = json.loads(next((tmp_path / "passes").glob("*/run.json")).read_text())

@@ -477,6 +477,50 @@ def test_curves_are_the_saes_measured_during_training_and_resume_the_same(tmp_pa
     assert resumed.curves_path.read_text() == trainer.curves_path.read_text()
 
 
+def _half_budget_run(out, steps, half_budget=False, stop_after=None, checkpoint_every=0):
+    """Every architecture on the same batches, λ at full strength from the start (so that
+    the half run's λ schedule is the whole run's), measured on held-out activations."""
+    acts, heldout = raw_activations(), raw_activations(256) * 1.1
+
+    def evaluate(trained):
+        return {name: {k: activation_metrics(sae, heldout)[k] for k in ("fvu", "l0")}
+                for name, sae in trained.items()}
+
+    def batches():
+        for i, batch in enumerate(ShuffledBatches(acts, BATCH, seed=1).iter_from(0)):
+            if i == stop_after:
+                raise _Interrupted
+            yield batch
+
+    cfg = config(ALL_SAES, steps, sparsity_warmup_fraction=0.0, dead_tokens=3 * BATCH,
+                 half_budget=half_budget, checkpoint_every=checkpoint_every)
+    trainer = Trainer(cfg, out)
+    trainer.fit(batches(), evaluate)
+    return [json.loads(line) for line in trainer.curves_path.read_text().splitlines()]
+
+
+def test_the_half_budget_twin_ends_as_a_run_of_half_the_steps_and_resumes_the_same(
+    tmp_path, monkeypatch
+):
+    """The twins branch off at step 8 of 20 (where a 10-step run starts its lr decay), decay
+    over steps 8 and 9, and are measured at step 10: bitwise the SAEs of a 10-step run."""
+    monkeypatch.setattr(trainer_module, "SCALE_SAMPLE_TOKENS", BATCH)  # the same input scale
+    whole = _half_budget_run(tmp_path / "whole", 20, half_budget=True)
+    half = _half_budget_run(tmp_path / "half", 10)
+    names = [s.get("name", s["arch"]) for s in ALL_SAES]
+    assert [(r["step"], r["run_tokens"]) for r in whole] == [
+        *[(10, 10 * BATCH)] * len(names), *[(20, 20 * BATCH)] * len(names)]
+    twins = {r["sae"]: r for r in whole if r["run_tokens"] == 10 * BATCH}
+    for r in half:
+        assert (twins[r["sae"]]["fvu"], twins[r["sae"]]["l0"]) == (r["fvu"], r["l0"]), r["sae"]
+    ends = {r["sae"]: r["fvu"] for r in whole if r["step"] == 20}
+    assert all(ends[n] != twins[n]["fvu"] for n in names)
+    # interrupted while the twins train (checkpoint at step 9), resumed: the same curves
+    with pytest.raises(_Interrupted):
+        _half_budget_run(tmp_path / "resumed", 20, True, stop_after=12, checkpoint_every=9)
+    assert _half_budget_run(tmp_path / "resumed", 20, True, checkpoint_every=9) == whole
+
+
 def test_run_json_records_the_training_stream_dead_fraction(tmp_path):
     slots = []
 

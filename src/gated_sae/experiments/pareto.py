@@ -72,6 +72,16 @@ def l0_at(l0s: np.ndarray, values: np.ndarray, target: float) -> np.ndarray:
     return np.exp(out)
 
 
+def envelope(l0s: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points [n] of a frontier no other point beats, in increasing L0: those whose value
+    is higher than that of every point with a lower L0 (ties: the lowest L0)."""
+    order = np.lexsort((-values, l0s))
+    l0s, values = l0s[order], values[order]
+    best = np.maximum.accumulate(values)
+    keep = np.r_[True, values[1:] > best[:-1]]
+    return l0s[keep], values[keep]
+
+
 def _round(x: float, figures: int = 2) -> float:
     return float(f"{x:.{figures}g}")
 

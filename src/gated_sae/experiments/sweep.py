@@ -44,11 +44,14 @@ from ..evaluate.pipeline import evaluate_saes, heldout_windows, site_activations
 from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer, default_lr
+from . import pareto
 from .results import METRICS, results_text
 
 PRESETS = ("questions", "paper")
-# Converged: loss recovered at matched L0 moved by less than this from 1/2 to 3/4 of training.
+# Converged: twice the training tokens moved loss recovered at matched L0 by less than this.
 CONVERGENCE_TOLERANCE = 0.005
+# How far past its end (a factor in L0) the half-budget frontier is read along its end segment.
+CONVERGENCE_REACH = 1.5
 CURVE_METRICS = ("l0", "fvu", "loss_recovered")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
 GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}
@@ -94,8 +97,10 @@ class SweepConfig:
         "help": "the first of them for the LM metrics, a forward each (default: all)"})
     curve_points: int = field(default=8, metadata={
         "help": "held-out evaluations during training, evenly spaced, the last at the end"})
-    curve_windows: int = field(default=8, metadata={
-        "help": "the first held-out windows the training curves are measured on"})
+    curve_windows: int = field(default=32, metadata={
+        "help": "the first held-out windows the training curves' L0 and FVU are measured on"})
+    curve_lm_windows: int = field(default=8, metadata={
+        "help": "the first of them for the curves' loss recovered, a forward each"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
     train: dict = field(default_factory=dict)  # further TrainConfig settings
 
@@ -219,48 +224,47 @@ def plan_passes(points: list[SweepPoint], max_per_pass: int) -> list[tuple[str, 
 
 
 def convergence(family: dict[str, list[dict]]) -> dict[str, dict]:
-    """Whether each SAE of a family (SAEs that differ only in sparsity level, trained on the
-    same batches) had stopped improving at constant lr, from their curve points (in order,
-    the last at the end).
-
-    At a fixed λ the L0 keeps sinking while fidelity holds, and the lr decay of the last
-    fifth raises L0 again and lowers FVU: an SAE's own change over time mostly measures it
-    moving along its frontier. So each SAE's last point at or before 3/4 of training (before
-    the decay) is compared with the family's frontier at 1/2, read at that point's L0: linear
-    in log L0 between the family's points, along the end segment beyond them, the SAE's own
-    halfway point when the family has one member. `lr_change` is the loss recovered's
-    difference, `fvu_change` FVU's relative to the later value, and `converged` says whether
+    """Whether twice the training tokens still improved the SAEs of a family (SAEs that
+    differ only in sparsity level, trained on the same batches), from their curve points:
+    each SAE at the end of its run against the family's half-budget frontier (the twins:
+    the same SAEs as runs of half the tokens end, lr decayed; `TrainConfig.half_budget`),
+    read at the SAE's L0 (`_read`). At a fixed λ, L0 moves as an SAE trains, so an SAE's
+    change against its own twin would mostly measure a move along the frontier. `lr_change`
+    is the loss recovered's difference, `fvu_change` FVU's relative to the final value (both
+    NaN where the frontier cannot be read there), and `converged` says whether
     |lr_change| < CONVERGENCE_TOLERANCE."""
-    def point_at(curve: list[dict], fraction: float) -> dict | None:
-        earlier = [p for p in curve if p["step"] <= fraction * curve[-1]["step"]]
-        return earlier[-1] if earlier and earlier[-1]["l0"] > 0 else None
+    def half(curve: list[dict]) -> dict | None:
+        twins = [p for p in curve if p["run_tokens"] < curve[-1]["run_tokens"] and p["l0"] > 0]
+        return twins[-1] if twins else None
 
-    halfway = [p for p in (point_at(c, 1 / 2) for c in family.values()) if p is not None]
-    halfway.sort(key=lambda p: p["l0"])
+    halves = [p for p in map(half, family.values()) if p is not None]
     out = {}
     for name, curve in family.items():
-        later = point_at(curve, 3 / 4)
-        if later is None or not halfway:
-            out[name] = {"lr_change": math.nan, "fvu_change": math.nan, "converged": 0}
-            continue
-        lr_change = later["loss_recovered"] - _read(halfway, "loss_recovered", later["l0"])
-        fvu_change = (later["fvu"] - _read(halfway, "fvu", later["l0"])) / later["fvu"]
+        final = curve[-1]
+        lr_change = fvu_change = math.nan
+        if halves and final["l0"] > 0:
+            lr_change = final["loss_recovered"] - _read(halves, "loss_recovered", final["l0"])
+            fvu_change = (final["fvu"] - _read(halves, "fvu", final["l0"], -1)) / final["fvu"]
         out[name] = {"lr_change": lr_change, "fvu_change": fvu_change,
                      "converged": int(abs(lr_change) < CONVERGENCE_TOLERANCE)}
     return out
 
 
-def _read(frontier: list[dict], metric: str, l0: float) -> float:
-    """`metric` of points in increasing L0 at `l0`: linear in log L0, continued along the
-    first or last segment outside their range; a single point's own value."""
-    if len(frontier) == 1:
-        return frontier[0][metric]
-    x = np.log([p["l0"] for p in frontier])
-    y = np.array([p[metric] for p in frontier])
-    i = int(np.clip(np.searchsorted(x, math.log(l0)) - 1, 0, len(x) - 2))
-    if x[i + 1] == x[i]:
-        return float(y[i])
-    return float(y[i] + (y[i + 1] - y[i]) * (math.log(l0) - x[i]) / (x[i + 1] - x[i]))
+def _read(points: list[dict], metric: str, l0: float, sign: int = 1) -> float:
+    """`metric` at `l0` on the upper envelope of sign·`metric` over `points` (sign −1 for a
+    metric where lower is better): linear in log L0 between envelope points, along the end
+    segment up to CONVERGENCE_REACH beyond either end, NaN further out; a single envelope
+    point's own value within that reach."""
+    found = pareto.envelope(np.array([p["l0"] for p in points]),
+                            sign * np.array([p[metric] for p in points]))
+    x, y = np.log(found[0]), found[1]
+    t = math.log(l0)
+    if not x[0] - math.log(CONVERGENCE_REACH) <= t <= x[-1] + math.log(CONVERGENCE_REACH):
+        return math.nan
+    if len(x) == 1:
+        return sign * float(y[0])
+    i = int(np.clip(np.searchsorted(x, t) - 1, 0, len(x) - 2))
+    return sign * float(y[i] + (y[i + 1] - y[i]) * (t - x[i]) / (x[i + 1] - x[i]))
 
 
 class Sweep:
@@ -275,7 +279,8 @@ class Sweep:
         self.config, self.out = config, Path(out)
         self.world = world
         self.points = expand_grid(config)
-        for name in ("max_saes_per_pass", "eval_windows", "curve_points", "curve_windows"):
+        for name in ("max_saes_per_pass", "eval_windows", "curve_points", "curve_windows",
+                     "curve_lm_windows"):
             check_positive_int(name, getattr(config, name))
         if config.lm_eval_windows is not None:
             check_positive_int("lm_eval_windows", config.lm_eval_windows)
@@ -318,7 +323,7 @@ class Sweep:
                 seed=points[0].seed,
                 device=cfg.device,
                 **{"eval_every": max(1, points[0].tokens // cfg.batch_size // cfg.curve_points),
-                   **cfg.train},
+                   "half_budget": True, **cfg.train},
             )
             metadata = source.sae_metadata(skip_positions=cfg.skip_positions)
             trainer = Trainer(train, self.out / "passes" / pass_id, metadata, world)
@@ -407,13 +412,14 @@ class Sweep:
                              skip_positions=self.config.skip_positions, per_window=True)
 
     def _curve_evaluation(self, source: ActivationSource):
-        """What the trainer measures for the training curves: L0, FVU and loss recovered on
-        the first `curve_windows` held-out windows."""
+        """What the trainer measures for the training curves: L0 and FVU on the first
+        `curve_windows` held-out windows, loss recovered on the first `curve_lm_windows`."""
         windows, acts = self._heldout(source)
         windows, acts = windows[: self.config.curve_windows], acts[: self.config.curve_windows]
 
         def evaluate(saes: dict) -> dict[str, dict]:
             metrics = evaluate_saes(self._lm, saes, source.site, windows, acts=acts,
+                                    lm_windows=self.config.curve_lm_windows,
                                     skip_positions=self.config.skip_positions)
             return {name: {k: m[k] for k in CURVE_METRICS} for name, m in metrics.items()}
 
@@ -490,10 +496,10 @@ class Sweep:
         return list(families.values())
 
     def _write_curves(self, curves: dict[str, list[dict]]) -> None:
-        lines = ["name,step,tokens," + ",".join(CURVE_METRICS)]
+        lines = ["name,step,tokens,run_tokens," + ",".join(CURVE_METRICS)]
         for name, points in curves.items():
             for r in points:
-                values = [r["step"], r["tokens"], *(r[k] for k in CURVE_METRICS)]
+                values = [r["step"], r["tokens"], r["run_tokens"], *(r[k] for k in CURVE_METRICS)]
                 lines.append(",".join([name, *(repr(v) for v in values)]))
         atomic_write_text(self.curves_path, "\n".join(lines) + "\n")
 

@@ -109,6 +109,10 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={
         "help": "steps between evaluations for training curves, when fit() is given an "
                 "evaluation; 0 = only at the end"})
+    half_budget: bool = field(default=False, metadata={
+        "help": "also measure each SAE as a run of half the steps would end (branched off "
+                "before that run's lr decay, decayed, evaluated, dropped): what doubling the "
+                "tokens bought; needs an evaluation"})
     wandb_project: str | None = field(default=None, metadata={"help": "wandb project to log to"})
 
     def __post_init__(self):
@@ -157,6 +161,17 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return self.tokens // self.batch_size
+
+    @property
+    def half_steps(self) -> int:
+        return self.steps // 2
+
+    @property
+    def branch_step(self) -> int:
+        """Where a run of `half_steps` steps starts its lr decay: until then it is this run
+        (the lr is flat in both, and λ's warm-up is over in both; it ramped over
+        `sparsity_warmup_fraction` of this run's steps, not of the half run's)."""
+        return self.half_steps - int(self.lr_decay_fraction * self.half_steps)
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
@@ -248,7 +263,9 @@ class Trainer:
 
         With `evaluate`, every `eval_every` steps and at the end the SAEs (copies, input scale
         folded in) are measured by it, and its metrics appended to `out/curves.jsonl`: one
-        line per SAE with `step`, `tokens`, `sae` and the metrics.
+        line per SAE with `step`, `tokens`, `run_tokens` (the budget of the run the point
+        belongs to), `sae` and the metrics. With `half_budget`, each SAE's twin (`_twin`)
+        adds a line at `half_steps` with half the run's tokens as `run_tokens`.
         """
         cfg, world = self.config, self.world
         run_file = self.out / "run.json"
@@ -287,10 +304,14 @@ class Trainer:
         batch_ranks = world if self.data_parallel else SINGLE_PROCESS
         slots = [TrainingSlot(cfg.saes[i], d_in, cfg.device, cfg.seed, cfg.precision, batch_ranks)
                  for i in owned]
+        twins: list[TrainingSlot] = []
+        half_budget = cfg.half_budget and evaluate is not None and cfg.half_steps > 0
         if resume:
             scale = resume["input_scale"]
             for slot, i in zip(slots, owned, strict=True):
                 slot.load_state(resume["slots"][i])
+            if resume.get("twins"):
+                twins = [self._twin(slot, resume["twins"][i]) for slot, i in zip(slots, owned)]
             if world.is_main:
                 for path in (self.log_path, self.curves_path):
                     _truncate_lines(path, start)
@@ -337,13 +358,19 @@ class Trainer:
                 x = batch.to(cfg.device, torch.float32, non_blocking=True) * scale
                 lr_scale = lr_factor(step, cfg.steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
                 coef_scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_fraction)
+                if half_budget and step == cfg.branch_step < cfg.half_steps:
+                    twins = [self._twin(slot, slot.state()) for slot in slots]
+                half_lr_scale = lr_factor(step, cfg.half_steps, cfg.lr_warmup_steps,
+                                          cfg.lr_decay_fraction)
                 records = []
-                for slot in slots:
+                for slot in slots + twins:
                     path = slot.choose_step(cfg.step, cfg.batch_size)
                     if cuda:
                         torch.cuda.synchronize()
                     started = time.perf_counter()
-                    out = slot.step(x, lr_scale, coef_scale, cfg.dead_tokens, path)
+                    twin = slot not in slots
+                    out = slot.step(x, half_lr_scale if twin else lr_scale, coef_scale,
+                                    cfg.dead_tokens, path)
                     if cuda:
                         torch.cuda.synchronize()
                     seconds = time.perf_counter() - started
@@ -353,7 +380,8 @@ class Trainer:
                     every, resampled = slot.cfg.resample_every, None
                     if every and (step + 1) % every == 0:
                         resampled = slot.resample_dead(x, every * cfg.batch_size)
-                    records.append((slot, out, resampled))
+                    if not twin:
+                        records.append((slot, out, resampled))
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                     rows = _log_rows(step + 1, (step + 1) * cfg.batch_size, lr_scale, coef_scale,
                                      records, cfg.dead_tokens)
@@ -370,9 +398,14 @@ class Trainer:
                 if evaluate is not None and (
                     done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)
                 ):
-                    self._evaluate(evaluate, done, scale, slots)
+                    self._evaluate(evaluate, done, scale, slots, cfg.steps)
+                if half_budget and done == cfg.half_steps:
+                    # the SAEs themselves are the half run when it has no lr decay
+                    half_run = twins if cfg.branch_step < cfg.half_steps else slots
+                    self._evaluate(evaluate, done, scale, half_run, cfg.half_steps)
+                    twins = []
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                    self._save_checkpoint(done, scale, slots)
+                    self._save_checkpoint(done, scale, slots, twins)
         dead = {
             s.cfg.name: float((s.tokens_since_fired >= cfg.dead_tokens).float().mean())
             for s in slots
@@ -439,18 +472,29 @@ class Trainer:
             raise DataError(f"batch {step} contains NaN or Inf; activations must be finite")
         return batch
 
-    def _save_checkpoint(self, step: int, scale: float, slots) -> None:
-        """One checkpoint of every SAE, written by rank 0 in the config's order, so that a
-        run resumes on any number of ranks."""
-        states = self._gather({s.cfg.name: _to_cpu(s.state()) for s in slots})
+    def _save_checkpoint(self, step: int, scale: float, slots, twins) -> None:
+        """One checkpoint of every SAE (and twin, while they train), written by rank 0 in the
+        config's order, so that a run resumes on any number of ranks."""
+        states = self._gather(({s.cfg.name: _to_cpu(s.state()) for s in slots},
+                               {s.cfg.name: _to_cpu(s.state()) for s in twins}))
         if self.world.is_main:
-            states = self._merged(states)
+            saes = self._merged(r[0] for r in states)
+            twin_states = self._merged(r[1] for r in states) if twins else {}
             save_checkpoint(
                 self.checkpoint_path,
-                {"step": step, "input_scale": scale, "slots": list(states.values())},
+                {"step": step, "input_scale": scale, "slots": list(saes.values()),
+                 "twins": list(twin_states.values())},
             )
 
-    def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots) -> None:
+    def _twin(self, slot: TrainingSlot, state: dict) -> TrainingSlot:
+        """A copy of `slot` in `state`, to train on as a run of `half_steps` steps would."""
+        twin = TrainingSlot(slot.cfg, slot.sae.d_in, self.config.device, self.config.seed,
+                            self.config.precision, slot.batch_ranks)
+        twin.load_state(copy.deepcopy(state))
+        return twin
+
+    def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots,
+                  run_steps: int) -> None:
         if self.data_parallel and not self.world.is_main:
             return
         saes = {slot.cfg.name: _folded_copy(slot, scale) for slot in slots}
@@ -460,7 +504,9 @@ class Trainer:
         metrics = self._merged(gathered)
         tokens = step * self.config.batch_size
         lines = [
-            json.dumps({"step": step, "tokens": tokens, "sae": name, **m}) + "\n"
+            json.dumps({"step": step, "tokens": tokens,
+                        "run_tokens": run_steps * self.config.batch_size, "sae": name, **m})
+            + "\n"
             for name, m in metrics.items()
         ]
         append_whole(self.curves_path, "".join(lines))

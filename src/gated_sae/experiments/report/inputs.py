@@ -22,7 +22,7 @@ SHARED = {"x_sq": "window_tokens", "x_mu": "window_tokens",
 PER_SAE = {"err_sq": "window_tokens", "xhat_sq": "window_tokens", "x_xhat": "window_tokens",
            "xhat_mu": "window_tokens", "active": "window_tokens", "ce_sae": "lm_predictions",
            "kl": "lm_predictions"}
-CURVE_COLUMNS = ("step", "tokens", "l0", "fvu", "loss_recovered")
+CURVE_COLUMNS = ("step", "tokens", "run_tokens", "l0", "fvu", "loss_recovered")
 
 
 def read_record(path: Path) -> dict:
@@ -57,7 +57,7 @@ def read_curves(path: Path) -> dict[str, list[dict]] | None:
             point = {c: _number(row[c]) for c in CURVE_COLUMNS}
             curves.setdefault(row["name"], []).append(point)
     for points in curves.values():
-        points.sort(key=lambda p: p["tokens"])
+        points.sort(key=lambda p: (p["tokens"], p["run_tokens"]))
     return curves
 
 

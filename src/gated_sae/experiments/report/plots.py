@@ -219,7 +219,8 @@ def plot_width(fits: list[WidthFit]) -> bytes | None:
 
 def plot_curves(res: SweepResults, metric: str) -> bytes | None:
     """Held-out `metric` against training tokens, one panel per family, one line per run
-    of its frontier points (dashed: fails the convergence criterion)."""
+    of its frontier points (dashed: fails the convergence criterion), and a circle where its
+    half-budget twin ended."""
     if res.curves is None:
         return None
     families = [f for f in res.families.values()
@@ -235,7 +236,8 @@ def plot_curves(res: SweepResults, metric: str) -> bytes | None:
     for ax in axes[len(families):]:
         ax.set_axis_off()
     fig.suptitle(f"Training curves: held-out {fmt.metric(metric)} against tokens "
-                 "(frontier points; dashed: fails the convergence criterion)")
+                 "(frontier points; dashed: fails the convergence criterion; "
+                 "circles: the half-budget twins, lr decayed)")
     return _png(fig)
 
 
@@ -243,9 +245,15 @@ def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
     for i, c in enumerate(family.points):
         for run in c.runs:
             points = [p for p in res.curves.get(run["name"], []) if fmt.finite(p[metric])]
-            ax.plot([p["tokens"] for p in points], [p[metric] for p in points],
+            if not points:
+                continue
+            whole = [p for p in points if p["run_tokens"] == points[-1]["run_tokens"]]
+            twins = [p for p in points if p["run_tokens"] < points[-1]["run_tokens"]]
+            ax.plot([p["tokens"] for p in whole], [p[metric] for p in whole],
                     "--" if run.get("converged") == 0 else "-", color=f"C{i}", linewidth=1,
                     label=fmt.level(c) if run is c.runs[0] else None)
+            ax.plot([p["tokens"] for p in twins], [p[metric] for p in twins], "o",
+                    color=f"C{i}", markersize=3, fillstyle="none")
     ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
     ax.set_xlabel("training tokens")

@@ -66,9 +66,9 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
         f"Were every null true, about {t.by_chance:.0f} of them "
         f"({1 - CONFIDENCE:.0%}) would exclude it by chance; {t.excluded} do."
         if t.made else "**Multiple comparisons.** No interval could be judged.",
-        f"**Convergence.** An SAE has converged when, at constant lr, its family's held-out "
-        f"loss recovered at its L0 moved by less than {CONVERGENCE_LIMIT} from 1/2 to 3/4 of "
-        "training (the training section says how it is read). Configurations with a run "
+        f"**Convergence.** An SAE has converged when twice the training tokens moved its "
+        f"family's held-out loss recovered at its L0 by less than {CONVERGENCE_LIMIT} (the "
+        "training section says how it is measured). Configurations with a run "
         f"that fails it are marked {fmt.UNCONVERGED_MARK} in every table and drawn hollow in "
         "every figure.",
     ]

@@ -45,18 +45,21 @@ def section_training(res: SweepResults, conv: Convergence, images: Images) -> li
     blocks: list[Block] = [("h2", "Training: convergence and dead latents")]
     if conv.recorded:
         blocks.append(("p", (
-            f"Criterion: at constant lr, from 1/2 to 3/4 of training, held-out loss recovered "
-            f"at the SAE's L0 moved by less than {CONVERGENCE_LIMIT}: the SAE at 3/4 against "
-            "its family's frontier at 1/2 (the SAEs that differ from it only in sparsity "
-            "level), read at its L0. The lr decay of the last fifth is left out: it moves every "
-            f"SAE along its frontier. {len(conv.failed)} of {conv.recorded} SAEs fail "
+            f"Criterion: twice the training tokens moved held-out loss recovered at the SAE's "
+            f"L0 by less than {CONVERGENCE_LIMIT}. Every SAE has a half-budget twin: a copy "
+            "taken where a run of half its tokens would begin its lr decay, decayed as that "
+            "run would be, evaluated, and dropped. The SAE at the end of its run is compared "
+            "with its family's frontier of twins (the SAEs that differ from it only in "
+            "sparsity level), read at its L0 on the frontier's upper envelope, at most 1.5× "
+            "in L0 past its ends; at a fixed λ the L0 moves as an SAE trains, so its own "
+            f"twin is not the comparison. {len(conv.failed)} of {conv.recorded} SAEs fail "
             f"it; {fmt.plural(len(conv.on_frontiers), 'frontier point')} with such a run (marked "
             f"{fmt.UNCONVERGED_MARK} in the tables, hollow in the figures).")))
         if conv.drifts:
             blocks.append(("p", "Per variant, width and learning rate (healthy runs): a "
-                           "frontier still rising shows as a positive median; a spread of "
-                           "both signs around a median near zero is the step-to-step noise "
-                           "of training at a constant lr, which the final lr decay removes."))
+                           "frontier still rising with more tokens shows as a positive "
+                           "median; a spread of both signs around a median near zero is "
+                           "noise, of training and of the curves' few held-out predictions."))
             blocks.append(("table", ["variant", "d_sae", "lr", "SAEs", "meet it",
                                      "Δ loss recovered: median [smallest, largest]",
                                      "Δ FVU / FVU: median"],
@@ -68,8 +71,8 @@ def section_training(res: SweepResults, conv: Convergence, images: Images) -> li
             body = [[*_run_cells(r), fmt.signed(r.get("lr_change")),
                      fmt.signed(r.get("fvu_change"))] for r in conv.failed]
             blocks.append(("table", ["SAE", "variant", "d_sae", "lr", "sparsity", "seed",
-                                     "Δ loss recovered at matched L0, 1/2 → 3/4",
-                                     "Δ FVU / FVU at matched L0, 1/2 → 3/4"], body))
+                                     "Δ loss recovered at matched L0, ½ → all tokens",
+                                     "Δ FVU / FVU at matched L0, ½ → all tokens"], body))
     else:
         blocks.append(("p", f"Convergence was {fmt.NOT_MEASURED}."))
     for metric in ("fvu", "loss_recovered"):

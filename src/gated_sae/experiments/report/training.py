@@ -14,8 +14,8 @@ from .model import Config, Family, SweepResults, finite, variant_key
 
 @dataclass
 class Drift:
-    """How the SAEs of one variant, width and lr moved at matched L0 from 1/2 to 3/4 of
-    training: a systematic rise shows in the median, the lr's noise in the spread."""
+    """How the SAEs of one variant, width and lr moved at matched L0 from half their tokens
+    to all: a systematic rise shows in the median, noise in the spread."""
 
     variant: str
     width: int
