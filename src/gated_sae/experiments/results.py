@@ -7,13 +7,13 @@ recorded (`TRAINING`). `sparsity_coef` is empty for TopK-like SAEs and `k` for t
 `role` joins the row's role tags with ";"; `options` is a JSON object.
 
 The training columns: `train_dead_fraction`, the fraction of latents that did not fire in
-the last `train_dead_tokens` tokens of the training stream; `converged`, 1 when, at constant
-lr, loss recovered at the SAE's L0 moved by less than 0.005 from 1/2 to 3/4 of training
-(`lr_change`, that change, against the frontier of the SAEs differing from it only in
-sparsity level; `fvu_change`, FVU's, relative to the later value; experiments.sweep.
-convergence); `train_seconds`, this SAE's
-share of its pass's training steps; `pass_seconds`, the wall time of that pass;
-`eval_seconds`, the pass's evaluation time divided by its SAEs.
+the last `train_dead_tokens` tokens of the training stream; `converged`, 1 when twice the
+tokens moved loss recovered at the SAE's L0 by less than 0.005 (`lr_change`, that change:
+the SAE at the end against the half-budget frontier of the SAEs differing from it only in
+sparsity level; `fvu_change`, FVU's, relative to the final value; experiments.sweep.
+convergence); `train_seconds`, this SAE's share of its pass's training steps, its
+half-budget twin's included; `pass_seconds`, the wall time of that pass; `eval_seconds`,
+the pass's evaluation time divided by its SAEs.
 """
 
 from __future__ import annotations
