@@ -10,6 +10,11 @@ Mode `data` (data parallel): one SAE, every batch split over the ranks, which su
 gradients in one all-reduce per step (its bytes: every gradient, the step's means and the
 fired latents, 4 bytes each). The requirement on a 2-core machine is ≥ 1.6× with 2 ranks.
 
+Mode `latents` (latent parallel): one SAE whose latents are sharded over the ranks, which
+sum their partial reconstructions every step (its bytes: the reconstruction, b_dec's
+encoder gradient, the penalty, L0 and active pairs). Both runs take the dense step, the only
+one latent parallel has.
+
     gated-sae cache --site blocks.15.hook_resid_post --tokens 65536 --out /tmp/acts
     python benchmarks/distributed.py --acts /tmp/acts
 """
@@ -57,6 +62,12 @@ def reduced_bytes_per_step(out: Path, name: str) -> int:
     return 4 * (sum(p.numel() for p in sae.parameters()) + terms + sae.d_sae + 1)
 
 
+def sharded_bytes_per_step(batch: int, d_in: int) -> int:
+    """What latent parallel sums per step for a relu SAE: the partial reconstructions, b_dec's
+    centring gradient, and the penalty, L0 and active pairs, as float32."""
+    return 4 * (batch * d_in + d_in + 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--acts", required=True, help="an activation cache folder or file")
@@ -68,6 +79,8 @@ def main() -> None:
                         help="the SAEs of mode saes")
     parser.add_argument("--data-arch", default="relu", help="the one SAE of mode data")
     parser.add_argument("--data-d-sae", type=int, default=4608)
+    parser.add_argument("--latent-d-sae", type=int, default=9216,
+                        help="the width of mode latents' one relu SAE")
     parser.add_argument("--out", default="benchmarks/results/distributed_cpu.json")
     args = parser.parse_args()
 
@@ -81,6 +94,7 @@ def main() -> None:
         "saes": [sae(arch, args.d_sae, f"{arch}-{i}")
                  for i, arch in enumerate(args.archs.split(","))],
         "data": [sae(args.data_arch, args.data_d_sae, args.data_arch)],
+        "latents": [sae("relu", args.latent_d_sae, "relu")],
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +103,7 @@ def main() -> None:
             config.write_text(yaml.safe_dump({
                 "saes": saes, "batch_size": args.batch, "tokens": args.steps * args.batch,
                 "checkpoint_every": 0, "log_every": log_every, "lr_warmup_steps": 5,
+                **({"step": "dense"} if mode == "latents" else {}),
             }))
             for ranks in (1, args.ranks):
                 out = Path(tmp) / f"{mode}-ranks{ranks}"
@@ -96,8 +111,13 @@ def main() -> None:
                 tokens = timing["steps"] * args.batch * len(saes)
                 sent = 0
                 if ranks > 1:
-                    sent = (gathered_bytes_per_step(out, log_every) if mode == "saes"
-                            else reduced_bytes_per_step(out, saes[0]["name"]))
+                    if mode == "saes":
+                        sent = gathered_bytes_per_step(out, log_every)
+                    elif mode == "data":
+                        sent = reduced_bytes_per_step(out, saes[0]["name"])
+                    else:
+                        d_in = json.loads((out / "run.json").read_text())["d_in"]
+                        sent = sharded_bytes_per_step(args.batch, d_in)
                 rows.append({
                     "mode": mode, "saes": ", ".join(f"{s['arch']} {s['d_sae']}" for s in saes),
                     "ranks": ranks, "wall_seconds": timing["wall_seconds"],

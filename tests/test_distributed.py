@@ -1,6 +1,6 @@
-"""Under torchrun with 2 gloo ranks: SAE-parallel and data-parallel training and sweeps give
-what one process gives, and a rank that dies or hangs stops the job with an error, after which
-the rerun resumes."""
+"""Under torchrun with 2 gloo ranks: SAE-parallel, data-parallel and latent-parallel training
+and sweeps give what one process gives, and a rank that dies or hangs stops the job with an
+error, after which the rerun resumes."""
 
 from __future__ import annotations
 
@@ -29,9 +29,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 D_IN, STEPS = 16, 600
 SAES = [
     {"arch": "relu", "d_sae": 32, "sparsity_coef": 1.0, "resample_every": 8},
+    # λ so high that latents die and are resampled
+    {"arch": "relu", "d_sae": 32, "sparsity_coef": 40.0, "resample_every": 8, "name": "relu-dying"},
     {"arch": "gated", "d_sae": 64, "sparsity_coef": 1.0},
     {"arch": "gated", "d_sae": 32, "sparsity_coef": 1.0, "options": {"b_mag": False},
      "name": "gated-nobmag"},
+    {"arch": "gated", "d_sae": 32, "sparsity_coef": 1.0, "options": {"tied": False},
+     "name": "gated-untied"},
     {"arch": "topk", "d_sae": 48, "options": {"k": 4}},
     {"arch": "batchtopk", "d_sae": 32, "options": {"k": 4}},
     {"arch": "jumprelu", "d_sae": 32, "sparsity_coef": 0.1},
@@ -153,6 +157,45 @@ def test_data_parallel_training_matches_one_process(run_inputs, single_run, tmp_
     assert runs[0]["input_scale"] == runs[1]["input_scale"]
     assert runs[0]["timing"]["parallel"] == "data" and runs[0]["timing"]["ranks"] == 2
     assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_latent_parallel_training_matches_one_process_and_resumes(
+    run_inputs, single_run, tmp_path
+):
+    """Each rank holds half of every SAE's latents (and their Adam moments and dead-latent
+    counts) and steps on the whole batch: the decoder's partial outputs and b_dec's encoder
+    gradients are summed over the ranks, TopK's, AuxK's and BatchTopK's selections agree
+    across them, relu's resampling draws for all ranks' dead latents. Stopped after a
+    checkpoint (which holds the whole SAEs) and rerun, it ends with one process's SAEs,
+    saved whole."""
+    out = tmp_path / "run"
+    args = [*train_args(run_inputs, out), "--parallel", "latents", "--rank-timeout", "5"]
+    launcher = torchrun(args)
+    _wait_for_checkpoint(out, launcher)
+    os.kill(_workers(launcher)[1], signal.SIGKILL)
+    launcher.communicate(timeout=65)
+    assert launcher.returncode != 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["slots"][2]["sae"][
+        "W_dec"].shape == (64, D_IN)  # gated's, whole
+    finished(torchrun(args))
+    names = [s.get("name", s["arch"]) for s in SAES]
+    for name in names:
+        same_sae(out / name, single_run / name)
+    logs = [[json.loads(line) for line in (f / "metrics.jsonl").read_text().splitlines()]
+            for f in (out, single_run)]
+    assert len(logs[0]) == len(logs[1])
+    for ours, theirs in zip(*logs, strict=True):
+        assert ours.keys() == theirs.keys() and ours["sae"] == theirs["sae"]
+        for key, value in theirs.items():
+            if key != "sae":
+                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (ours["sae"], key)
+    assert any(row.get("resampled") for row in logs[0])  # relu's resampling was exercised
+    assert any(row.get("aux") for row in logs[0] if row["sae"] == "topk")  # and AuxK
+    run = json.loads((out / "run.json").read_text())
+    assert run["timing"]["parallel"] == "latents" and run["timing"]["ranks"] == 2
+    assert run["dead_fraction"] == pytest.approx(
+        json.loads((single_run / "run.json").read_text())["dead_fraction"])
 
 
 def _workers(launcher: subprocess.Popen) -> dict[int, int]:

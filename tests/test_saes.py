@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import gated_sae
 from gated_sae import ConfigError, DataError, create_sae, load_sae
+from gated_sae.distributed import World
 from gated_sae.saes import BatchTopKSAE, JumpReLUSAE, variant_label, variant_order
 from gated_sae.saes import gated as gated_module
 from gated_sae.saes.jumprelu import JumpReLUFunction, StepFunction
@@ -133,6 +134,26 @@ def test_every_trained_parameter_but_b_dec_names_its_latent_axis(arch, options):
     encoders = {"W_enc", "W_mag"} & set(latent)  # [d_in, d_sae]
     assert set(sae.input_weights) == encoders
     assert all(latent[name][0].shape == (D_IN, D_SAE) and latent[name][1] == 1 for name in encoders)
+
+
+@pytest.mark.parametrize(("arch", "options"), CONFIGS, ids=CONFIG_IDS)
+def test_latent_shards_are_contiguous_slices_of_every_latent_tensor(arch, options):
+    """Two ranks' shards (25 latents split 13 + 12) put back together along each tensor's
+    latent axis give the whole SAE; b_dec, which every rank needs whole, is not split."""
+    whole = create_sae(arch, d_in=D_IN, d_sae=D_SAE + 1, **options)
+    shards = []
+    for rank in range(2):
+        shard = copy.deepcopy(whole)
+        shard.shard_latents_(World(rank, 2))
+        shards.append(shard.state_dict())
+    axes = {name: axis for name, _, axis in whole.latent_tensors()}
+    assert {k for k, t in whole.state_dict().items() if t.ndim and k != "b_dec"} == set(axes)
+    for key, tensor in whole.state_dict().items():
+        if key in axes:
+            assert [s[key].shape[axes[key]] for s in shards] == [13, 12]
+            assert torch.equal(torch.cat([s[key] for s in shards], axes[key]), tensor), key
+        else:
+            assert all(torch.equal(s[key], tensor) for s in shards), key
 
 
 @pytest.mark.parametrize(("arch", "options", "label"), [

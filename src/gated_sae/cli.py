@@ -42,7 +42,7 @@ from .evaluate.lm_metrics import LM_BATCH_SIZE
 from .evaluate.pipeline import SAE_BATCH_SIZE, evaluate_saes, evaluate_stored, heldout_windows
 from .experiments.demo import run_demo
 from .experiments.sweep import SweepConfig
-from .train.trainer import SAEConfig, TrainConfig
+from .train.trainer import PARALLEL, SAEConfig, TrainConfig
 
 EVAL_TOKENS = 1 << 14  # held-out tokens `eval --model` measures by default
 # What the flags of train and eval that describe activations computed by a model map to.
@@ -175,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="architecture option, e.g. b_mag=false (repeatable)")
     _field_flags(train, TrainConfig)
     _add_rank_timeout(train)
-    train.add_argument("--parallel", choices=("data", "saes"),
-                       help="under torchrun: data splits every batch over the ranks, saes "
-                       "spreads the SAEs over them (default: data for one SAE, else saes)")
+    train.add_argument("--parallel", choices=PARALLEL,
+                       help="under torchrun: saes spreads the SAEs over the ranks, data splits "
+                       "every batch over them, latents shards every SAE's latents over them "
+                       "(default: data for one SAE, else saes)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"
@@ -375,8 +376,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     world = init_world(config.device, args.rank_timeout)
     config.device = rank_device(config.device)
     batches, metadata = _train_source(args, config, world)
-    data_parallel = args.parallel == "data" or (args.parallel is None and len(config.saes) == 1)
-    Trainer(config, out, metadata, world, data_parallel).fit(batches)
+    parallel = args.parallel or ("data" if len(config.saes) == 1 else "saes")
+    Trainer(config, out, metadata, world, parallel).fit(batches)
     if world.is_main:  # every rank's SAEs are saved once fit returns
         for sae in config.saes:
             print(out / sae.name)

@@ -74,7 +74,8 @@ class World:
         if self.size > 1:
             _collective(dist.barrier)
 
-    # Tensor collectives, for a batch split over the ranks (data parallel).
+    # Tensor collectives, for a batch split over the ranks (data parallel) or an SAE's latents
+    # (latent parallel).
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a batch every rank holds: contiguous, sizes differing by at
@@ -89,6 +90,29 @@ class World:
         total = tensor.clone()
         _collective(dist.all_reduce, total)
         return total
+
+    # Differentiable collectives, for an SAE whose latents are sharded over the ranks (latent
+    # parallel): every rank holds the whole batch and computes the same loss from the sums.
+
+    def partial_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over the ranks of each rank's part of a value (a decoder's output from its
+        own latents); its gradient passes back unchanged, since every rank's loss is the same
+        function of the sum."""
+        return tensor if self.size == 1 else _PartialSum.apply(tensor, self)
+
+    def shared_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor`, which every rank holds, used with this rank's latents alone (b_dec in the
+        encoder's centring): its gradient is the sum of the ranks' gradients."""
+        return tensor if self.size == 1 else _SharedInput.apply(tensor, self)
+
+    def cat_along(self, tensor: torch.Tensor, axis: int) -> torch.Tensor:
+        """Every rank's `tensor` concatenated along `axis` in rank order (sizes along it may
+        differ; every other axis alike)."""
+        if self.size == 1:
+            return tensor
+        rows = tensor.movedim(axis, 0)
+        flat = self.cat(rows.flatten())
+        return flat.view(-1, *rows.shape[1:]).movedim(0, axis)
 
     def cat(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's `tensor` (1-D, lengths may differ) concatenated in rank order."""
@@ -106,6 +130,27 @@ class World:
 
 
 SINGLE_PROCESS = World()
+
+
+class _PartialSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, world):
+        return world.sum(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _SharedInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, world):
+        ctx.world = world
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.world.sum(grad.contiguous()), None
 
 
 def _collective(operation, *args, **kwargs):

@@ -27,6 +27,12 @@ from pathlib import Path
 
 from ..errors import DataError
 
+# The convergence criterion (experiments.sweep.convergence): twice the training tokens moved
+# loss recovered at the SAE's L0 by less than CONVERGENCE_TOLERANCE, read on the half-budget
+# frontier no further than CONVERGENCE_REACH (a factor in L0) past its ends.
+CONVERGENCE_TOLERANCE = 0.005
+CONVERGENCE_REACH = 1.5
+
 # The metrics of one SAE, as evaluate/ names them.
 METRICS = (
     "l0",

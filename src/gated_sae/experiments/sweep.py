@@ -45,13 +45,9 @@ from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer, default_lr
 from . import pareto
-from .results import METRICS, results_text
+from .results import CONVERGENCE_REACH, CONVERGENCE_TOLERANCE, METRICS, results_text
 
 PRESETS = ("questions", "paper")
-# Converged: twice the training tokens moved loss recovered at matched L0 by less than this.
-CONVERGENCE_TOLERANCE = 0.005
-# How far past its end (a factor in L0) the half-budget frontier is read along its end segment.
-CONVERGENCE_REACH = 1.5
 CURVE_METRICS = ("l0", "fvu", "loss_recovered")
 ROLES = ("lr_sweep", "ablation", "width", "equal_compute", "seeds")
 GRID_KEYS = {"arch", "d_sae", "lr", "sparsity_coef", "k", "options", "seeds", "role"}

@@ -3,6 +3,7 @@ folding, and the SAELens v6 folder format (see docs/formulas.md, "Shared pieces"
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -32,6 +33,10 @@ class LossTerms:
     sparsity: torch.Tensor | None = None  # the L1 penalty that λ multiplies
     l0_penalty: torch.Tensor | None = None  # JumpReLU: Σ_i H(z_i − θ_i), which λ multiplies
     aux: torch.Tensor | None = None  # Gated: the auxiliary reconstruction; TopK: AuxK
+
+    # The terms that sum over latents, which λ multiplies: with the latents sharded over
+    # ranks, each rank's are its own latents' share.
+    latent_sums = ("sparsity", "l0_penalty")
 
     def present(self) -> dict[str, torch.Tensor]:
         """The terms set, by name, in the order of the fields."""
@@ -84,7 +89,8 @@ class SAE(nn.Module):
     # over ranks. Measured on CPU (d_in 576, d_sae 2304, batch 1024, 60 steps from the start,
     # one thread): relu 0.145 s, gated 0.227, jumprelu 0.216, batchtopk 0.095, topk 0.064.
     relative_step_cost: ClassVar[float] = 1.0
-    # The axis that indexes latents, for every parameter but b_dec that an option can give.
+    # The axis that indexes latents, for every parameter but b_dec that an option can give
+    # (and the buffers that stand in for parameters an option turns off).
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0}
     # Parameters that multiply the (scaled) input: folding the input scale multiplies them by it.
     input_weights: ClassVar[tuple[str, ...]] = ("W_enc",)
@@ -96,6 +102,11 @@ class SAE(nn.Module):
     # losses that look at the whole batch read it: TopK's normaliser and AuxK's, BatchTopK's
     # selection. Every other loss is a mean over tokens, which the trainer combines.
     batch_ranks: World = SINGLE_PROCESS
+    # The ranks the latents are sharded over (latent parallel; `shard_latents_` sets it): each
+    # holds a slice of every latent tensor and the whole batch. Decoding sums the ranks'
+    # partial outputs, the encoders' centring sums b_dec's gradients, and TopK-like
+    # selections agree across ranks; L1 and L0 penalties are each rank's own share.
+    latent_ranks: World = SINGLE_PROCESS
 
     def __init__(self, d_in: int, d_sae: int, options: dict):
         super().__init__()
@@ -134,6 +145,38 @@ class SAE(nn.Module):
         return [(name, trained[name], axis) for name, axis in self.latent_axes.items()
                 if name in trained]
 
+    def latent_tensors(self) -> list[tuple[str, torch.Tensor, int]]:
+        """(name, tensor, latent axis) of every parameter and buffer indexed by latent."""
+        tensors = dict(self.state_dict(keep_vars=True))
+        return [(name, tensors[name], axis) for name, axis in self.latent_axes.items()
+                if name in tensors]
+
+    # --- latent parallel -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def shard_latents_(self, ranks: World) -> None:
+        """Keep this rank's contiguous slice of the latents (sizes differ by at most one)."""
+        for _, t, axis in self.latent_tensors():
+            t.data = t.data.tensor_split(ranks.size, axis)[ranks.rank].clone()
+        self.latent_ranks = ranks
+
+    @torch.no_grad()
+    def gathered(self) -> SAE:
+        """A whole copy of a sharded SAE, every rank's latents in rank order, that runs alone
+        (a collective: every rank calls it)."""
+        whole = copy.deepcopy(self)
+        for _, t, axis in whole.latent_tensors():
+            t.data = self.latent_ranks.cat_along(t.data, axis)
+        whole.latent_ranks = SINGLE_PROCESS
+        return whole
+
+    def latent_count(self, mask: torch.Tensor) -> int:
+        """How many latents of all ranks' shards `mask` (over this rank's) marks."""
+        count = mask.sum()
+        if self.latent_ranks.size > 1:
+            count = self.latent_ranks.sum(count.reshape(1))[0]
+        return int(count)
+
     # --- the model -------------------------------------------------------------------------
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,13 +196,19 @@ class SAE(nn.Module):
 
     def centred_bias(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """`b − b_dec W`: the bias with which an encoder `W` takes `x` for `x − b_dec`."""
-        return bias - self.b_dec @ weight
+        return bias - self.latent_ranks.shared_input(self.b_dec) @ weight
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b_dec, f, self.W_dec)
+        return self.decode_with(f, self.W_dec, self.b_dec)
+
+    def decode_with(self, f: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor):
+        """`f W_dec + b_dec`; sharded, each rank's latents give a part of `f W_dec`."""
+        if self.latent_ranks.size == 1:
+            return torch.addmm(b_dec, f, W_dec)
+        return self.latent_ranks.partial_sum(f @ W_dec) + b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -234,9 +283,14 @@ class SAE(nn.Module):
         `d × 0.2 × the alive latents' mean encoder norm`, every other latent parameter 0."""
         directions = inputs - self.b_dec
         directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        alive = torch.ones(self.d_sae, dtype=torch.bool, device=inputs.device)
+        alive = torch.ones(self.W_dec.shape[0], dtype=torch.bool, device=inputs.device)
         alive[latents] = False
-        enc_norm = self.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else 1.0
+        norms = self.W_enc[:, alive].norm(dim=0)
+        if self.latent_ranks.size > 1:  # the mean over every rank's alive latents
+            totals = self.latent_ranks.sum(torch.stack([norms.sum(), norms.new_tensor(len(norms))]))
+            enc_norm = totals[0] / totals[1] if bool(totals[1] > 0) else 1.0
+        else:
+            enc_norm = norms.mean() if bool(alive.any()) else 1.0
         for name, p, axis in self.latent_parameters():
             if name == "W_dec":
                 p.index_copy_(axis, latents, directions)

@@ -174,7 +174,7 @@ class GatedSAE(SAE):
             aux = squared_error(x, self.decode(gate_acts))
         else:
             sparsity = gate_acts.sum(-1).mean()
-            frozen = torch.addmm(self.b_dec.detach(), gate_acts, self.W_dec.detach())
+            frozen = self.decode_with(gate_acts, self.W_dec.detach(), self.b_dec.detach())
             aux = squared_error(x, frozen)
         loss = mse + sparsity_coef * sparsity + aux
         terms = LossTerms(mse=mse.detach(), sparsity=sparsity.detach(), aux=aux.detach())

@@ -95,20 +95,33 @@ class TopKSAE(SAE):
 
     def sparse_decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """`Σ_j values_j W_dec[indices_j]` per row, without a dense [batch, d_sae] matmul."""
-        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        part = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        return self.latent_ranks.partial_sum(part)
+
+    def token_topk(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, indices) of each token's `k` largest pre-activations. With the latents
+        sharded, each rank offers its own `k` largest and keeps those at or above the token's
+        `k`-th largest of all offered; the others it drops, as −∞."""
+        values, indices = pre.topk(min(k, pre.shape[-1]), dim=-1, sorted=False)
+        ranks = self.latent_ranks
+        if ranks.size == 1:
+            return values, indices
+        offered = ranks.cat_along(values.detach(), 1)
+        cutoff = offered.topk(k, dim=-1, sorted=False).values.min(-1, keepdim=True).values
+        return values.masked_fill(values < cutoff, float("-inf")), indices
 
     def auxk_loss(self, pre: torch.Tensor, residual: torch.Tensor, dead_mask) -> torch.Tensor:
-        if dead_mask is None or not bool(dead_mask.any()):
+        dead = 0 if dead_mask is None else self.latent_count(dead_mask)
+        if not dead:
             return pre.new_zeros(())
-        k_aux = min(self.k_aux, int(dead_mask.sum()))
         dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
-        values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+        values, indices = self.token_topk(dead_pre, min(self.k_aux, dead))
         residual_hat = self.sparse_decode(torch.relu(values), indices)
         return normalized_squared_error(residual.detach(), residual_hat, self.batch_ranks)
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        values, indices = self.token_topk(pre, self.k)
         values = torch.relu(values)
         x_hat = self.sparse_decode(values, indices) + self.b_dec
         fvu = normalized_squared_error(x, x_hat, self.batch_ranks)
@@ -207,6 +220,7 @@ class BatchTopKSAE(TopKSAE):
     saelens_architecture = "jumprelu"
     saelens_reads = None  # a SAELens jumprelu folder is a JumpReLU SAE
     threshold_momentum = 0.99
+    latent_axes = {**TopKSAE.latent_axes, "threshold": 0}  # a buffer
 
     def __init__(
         self,
@@ -252,6 +266,11 @@ class BatchTopKSAE(TopKSAE):
         terms = LossTerms(fvu=fvu.detach(), mse=mse, aux=aux.detach())
         return TrainOutput.dense(loss, terms, latents, (flat_values > 0).sum())
 
+    @property
+    def selection_ranks(self) -> World:
+        """The ranks a selection spans: those the batch is split over, or the latents."""
+        return self.batch_ranks if self.batch_ranks.size > 1 else self.latent_ranks
+
     def selection_tokens(self, n: int) -> int:
         """The whole batch's tokens, of which this rank holds `n`: BatchTopK selects across
         the batch."""
@@ -270,9 +289,9 @@ class BatchTopKSAE(TopKSAE):
 
     def largest(self, values: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """The indices of the batch's `n·k` largest `values` (n the whole batch's tokens).
-        With the batch split over ranks, each rank offers its own `n·k` largest, and keeps
-        those at or above the smallest of the `n·k` largest offered by all."""
-        ranks, kept = self.batch_ranks, n_tokens * self.k
+        With the batch or the latents split over ranks, each rank offers its own `n·k`
+        largest, and keeps those at or above the smallest of the `n·k` largest offered by all."""
+        ranks, kept = self.selection_ranks, n_tokens * self.k
         local = values.topk(min(kept, values.numel()), sorted=False)
         if ranks.size == 1:
             return local.indices
@@ -284,8 +303,8 @@ class BatchTopKSAE(TopKSAE):
     def after_selection(self, kept: torch.Tensor) -> None:
         positive = kept[kept > 0]
         smallest = positive.min() if positive.numel() else kept.new_tensor(math.inf)
-        if self.batch_ranks.size > 1:
-            smallest = self.batch_ranks.cat(smallest.reshape(1)).min()
+        if self.selection_ranks.size > 1:
+            smallest = self.selection_ranks.cat(smallest.reshape(1)).min()
         if not bool(torch.isfinite(smallest)):
             return
         if bool(self.threshold_initialised):

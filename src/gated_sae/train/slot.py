@@ -47,11 +47,16 @@ class TrainingSlot:
     In a data-parallel job (`batch_ranks` of several ranks) every rank holds the same SAE and
     the whole batch, steps on its own rows of it, and the ranks sum their gradients, each
     rank's mean over its tokens weighted by its share of the batch: the whole batch's.
+
+    In a latent-parallel job (`latent_ranks` of several ranks) every rank holds a slice of
+    the SAE's latents (`SAE.shard_latents_`), with their Adam moments and dead-latent
+    counts, and steps on the whole batch on the dense path; `state` and `load_state` speak
+    of the whole SAE, so a checkpoint resumes on any number of ranks.
     """
 
     def __init__(
         self, cfg: SAEConfig, d_in: int, device: str, seed: int, precision: str = "float32",
-        batch_ranks: World = SINGLE_PROCESS,
+        batch_ranks: World = SINGLE_PROCESS, latent_ranks: World = SINGLE_PROCESS,
     ):
         self.cfg = cfg
         self.batch_ranks = batch_ranks
@@ -63,35 +68,70 @@ class TrainingSlot:
         self.generator = torch.Generator().manual_seed(init_seed(seed, cfg, d_in))
         self.sae: SAE = create_sae(cfg.arch, d_in=d_in, d_sae=cfg.d_sae, **cfg.options).to(device)
         self.sae.batch_ranks = batch_ranks
+        self.latent_ranks = latent_ranks
+        if latent_ranks.size > 1:  # drawn whole, then sliced: the one process's weights
+            self.sae.shard_latents_(latent_ranks)
         # A run sets lr from its steps when it is not given (trainer.default_lr); a slot used
         # alone (benchmarks, tests) knows no steps and takes the architecture's published lr.
         self.lr = cfg.lr if cfg.lr is not None else self.sae.default_lr(cfg.d_sae)
         self.optimizer = torch.optim.Adam(
             self.sae.parameters(), lr=self.lr, betas=self.sae.adam_betas, eps=1e-8, fused=True
         )
-        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        latents = self.sae.W_dec.shape[0]  # this rank's
+        self.tokens_since_fired = torch.zeros(latents, dtype=torch.long, device=device)
         # Fraction of (token, latent) pairs the last step's sparse form touched: 1 before any.
         self.density = 1.0
 
     def state(self) -> dict:
-        return {
+        """The whole SAE's training state (sharded: gathered from every rank, a collective)."""
+        state = {
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "tokens_since_fired": self.tokens_since_fired,
             "density": self.density,
             "generator": self.generator.get_state(),
         }
+        return self._resharded(state, self.latent_ranks.cat_along)
 
     def load_state(self, state: dict) -> None:
+        """Resume from `state` (of the whole SAE; sharded, this rank takes its slice)."""
+        ranks = self.latent_ranks
+        state = self._resharded(
+            state, lambda t, axis: t.tensor_split(ranks.size, axis)[ranks.rank].contiguous())
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.density = state["density"]
         self.generator.set_state(state["generator"])
 
+    def _resharded(self, state: dict, along) -> dict:
+        """`state` with `along(tensor, latent axis)` applied to every tensor indexed by latent:
+        the SAE's, their Adam moments, the dead-latent counts. Unsharded, `state` itself."""
+        if self.latent_ranks.size == 1:
+            return state
+        axes = {name: axis for name, _, axis in self.sae.latent_tensors()}
+        order = [axes.get(name) for name, _ in self.sae.named_parameters()]
+        moments = {
+            i: {k: along(v, order[i]) if order[i] is not None and k != "step" else v
+                for k, v in per_param.items()}
+            for i, per_param in state["optimizer"]["state"].items()
+        }
+        return {
+            **state,
+            "sae": {k: along(v, axes[k]) if k in axes else v for k, v in state["sae"].items()},
+            "optimizer": {**state["optimizer"], "state": moments},
+            "tokens_since_fired": along(state["tokens_since_fired"], 0),
+        }
+
+    def dead_fraction(self, dead_tokens: int) -> float:
+        """The fraction of the SAE's latents (all ranks' when sharded) silent for `dead_tokens`."""
+        return self.sae.latent_count(self.tokens_since_fired >= dead_tokens) / self.cfg.d_sae
+
     def choose_step(self, step: str, batch_size: int) -> str:
         """`dense` or `sparse`: as forced, or (auto) whichever is cheaper at the density of
         the previous batch, a function of the training state alone, so resuming repeats it."""
+        if self.latent_ranks.size > 1:
+            return "dense"  # the sparse path has no latent-parallel form
         if step != "auto":
             return step
         work = batch_size * self.sae.d_in * self.sae.d_sae
@@ -127,6 +167,8 @@ class TrainingSlot:
             out.loss.backward()
         if self.batch_ranks.size > 1:
             out = self._summed_over_ranks(out, x.shape[0] / batch.shape[0])
+        if self.latent_ranks.size > 1:
+            out = self._summed_over_latents(out, coef)
         if sae.unit_norm_decoder:
             sae.remove_parallel_decoder_grad_()
         opt.step()
@@ -161,22 +203,41 @@ class TrainingSlot:
         )
 
     @torch.no_grad()
+    def _summed_over_latents(self, out: TrainOutput, coef: float) -> TrainOutput:
+        """The whole SAE's step output from this rank's share of the latents: the penalties
+        that sum over latents (and the loss through them), the L0, the active pairs, in one
+        collective; `fired` stays this rank's, as its dead-latent counts do."""
+        terms = out.terms.present()
+        local = [name for name in terms if name in LossTerms.latent_sums]
+        shares = torch.stack([*(terms[n] for n in local), out.l0.float(),
+                              out.l0.new_tensor(float(out.active_pairs))])
+        totals = self.latent_ranks.sum(shares)
+        summed = dict(zip(local, totals[: len(local)], strict=True))
+        loss = out.loss.detach() + coef * sum(summed[n] - terms[n] for n in local)
+        return replace(out, loss=loss, terms=LossTerms(**{**terms, **summed}),
+                       l0=totals[-2], active_pairs=int(totals[-1]))
+
+    @torch.no_grad()
     def resample_dead(self, x: torch.Tensor, window_tokens: int) -> int:
         """Bricken et al. 2023: latents silent for the whole window restart from inputs drawn
         with probability ∝ loss² (`SAE.resample_latents_`), with fresh Adam state."""
         dead = torch.nonzero(self.tokens_since_fired >= window_tokens).flatten()
-        if dead.numel() == 0:
+        # sharded: every rank draws for all ranks' dead latents, in order, and takes its own
+        counts = self.latent_ranks.cat(dead.new_tensor([dead.numel()])).tolist()
+        if sum(counts) == 0:
             return 0
         per_input_loss = (x - self.sae(x)).pow(2).sum(-1)
         weights = per_input_loss.pow(2).cpu()
         if float(weights.sum()) <= 0:
             return 0
-        picks = torch.multinomial(weights, dead.numel(), replacement=True,
+        picks = torch.multinomial(weights, sum(counts), replacement=True,
                                   generator=self.generator)
+        before = sum(counts[: self.latent_ranks.rank])
+        picks = picks[before : before + dead.numel()]
         self.sae.resample_latents_(dead, x[picks.to(x.device)])
         for _, p, axis in self.sae.latent_parameters():
             for moment in ("exp_avg", "exp_avg_sq"):
                 if moment in self.optimizer.state.get(p, {}):
                     self.optimizer.state[p][moment].index_fill_(axis, dead, 0.0)
         self.tokens_since_fired[dead] = 0
-        return int(dead.numel())
+        return sum(counts)

@@ -36,6 +36,7 @@ SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale an
 # lr·S; SAEs that train in S steps need lr·S of about this (docs/training.md).
 SHORT_RUN_LR_STEPS = 5.0
 MAX_DEFAULT_LR = 5e-3  # higher rates left SmolLM2 SAEs with dead latents and rising FVU
+PARALLEL = ("saes", "data", "latents")  # how the ranks of a job share its SAEs
 
 
 @dataclass
@@ -231,23 +232,30 @@ class Trainer:
     Running again with the same `out` and config resumes from the last checkpoint, and ends
     with the same weights an uninterrupted run would have (bitwise on CPU).
 
-    In a `world` of several ranks (torchrun) every rank reads the same batches, and either
-    - the SAEs are spread over the ranks, balanced by width and architecture
-      (`SAE.relative_step_cost`), each rank stepping its own (SAE parallel), or
-    - with `data_parallel`, every rank steps every SAE on its own rows of each batch, and the
-      ranks sum their gradients (`TrainingSlot`): the SAEs of a single process, up to
-      round-off.
-    The folder is the one a single process writes: rank 0 writes the logs, curves, run record
-    and checkpoint, and the SAE folders of its own SAEs (all of them in data parallel), each
-    other rank its own SAEs' folders.
+    In a `world` of several ranks (torchrun) every rank reads the same batches, and `parallel`
+    says how they share the work:
+    - `saes`: the SAEs are spread over the ranks, balanced by width and architecture
+      (`SAE.relative_step_cost`), each rank stepping its own;
+    - `data`: every rank steps every SAE on its own rows of each batch, and the ranks sum
+      their gradients (`TrainingSlot`);
+    - `latents`: every rank holds a slice of every SAE's latents and steps it on the whole
+      batch (`TrainingSlot`, `SAE.latent_ranks`).
+    Data and latent parallel give the SAEs of a single process, up to round-off. The folder
+    is the one a single process writes: rank 0 writes the logs, curves, run record and
+    checkpoint, and the SAE folders of its own SAEs (all of them in data and latent
+    parallel, gathered whole in the latter), each other rank its own SAEs' folders.
     """
 
     def __init__(self, config: TrainConfig, out: str | Path, metadata: dict | None = None,
-                 world: World = SINGLE_PROCESS, data_parallel: bool = False):
+                 world: World = SINGLE_PROCESS, parallel: str = "saes"):
+        if parallel not in PARALLEL:
+            raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
         self.config, self.out = config, Path(out)
         self.metadata = metadata or {}
         self.world = world
-        self.data_parallel = data_parallel and world.size > 1
+        self.parallel = parallel
+        # every rank holds every SAE, whole or in part, and rank 0 alone records them
+        self.replicated = parallel != "saes" and world.size > 1
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.log_path = self.out / "metrics.jsonl"
         self.curves_path = self.out / "curves.jsonl"
@@ -269,7 +277,7 @@ class Trainer:
         """
         cfg, world = self.config, self.world
         run_file = self.out / "run.json"
-        if self.data_parallel:
+        if self.replicated:
             owned = list(range(len(cfg.saes)))
         else:
             owned = world.share([s.d_sae * sae_class(s.arch).relative_step_cost
@@ -301,8 +309,10 @@ class Trainer:
         first = self._next_batch(stream, start)
         d_in = first.shape[1]
 
-        batch_ranks = world if self.data_parallel else SINGLE_PROCESS
-        slots = [TrainingSlot(cfg.saes[i], d_in, cfg.device, cfg.seed, cfg.precision, batch_ranks)
+        ranks = {"batch_ranks": world} if self.parallel == "data" else {}
+        if self.parallel == "latents":
+            ranks = {"latent_ranks": world}
+        slots = [TrainingSlot(cfg.saes[i], d_in, cfg.device, cfg.seed, cfg.precision, **ranks)
                  for i in owned]
         twins: list[TrainingSlot] = []
         half_budget = cfg.half_budget and evaluate is not None and cfg.half_steps > 0
@@ -311,7 +321,8 @@ class Trainer:
             for slot, i in zip(slots, owned, strict=True):
                 slot.load_state(resume["slots"][i])
             if resume.get("twins"):
-                twins = [self._twin(slot, resume["twins"][i]) for slot, i in zip(slots, owned)]
+                twins = [self._twin(slot, resume["twins"][i])
+                         for slot, i in zip(slots, owned, strict=True)]
             if world.is_main:
                 for path in (self.log_path, self.curves_path):
                     _truncate_lines(path, start)
@@ -385,7 +396,7 @@ class Trainer:
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                     rows = _log_rows(step + 1, (step + 1) * cfg.batch_size, lr_scale, coef_scale,
                                      records, cfg.dead_tokens)
-                    if not self.data_parallel:
+                    if not self.replicated:
                         rows = self._in_config_order(world.all_gather(rows))
                     _check_finite(rows)
                     if world.is_main:
@@ -406,15 +417,12 @@ class Trainer:
                     twins = []
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                     self._save_checkpoint(done, scale, slots, twins)
-        dead = {
-            s.cfg.name: float((s.tokens_since_fired >= cfg.dead_tokens).float().mean())
-            for s in slots
-        }
+        dead = {s.cfg.name: s.dead_fraction(cfg.dead_tokens) for s in slots}
         logger.close()
         result = {}
         for slot in slots:
             sae = _folded_copy(slot, scale).cpu()
-            if world.is_main or not self.data_parallel:
+            if world.is_main or not self.replicated:
                 sae.save(
                     self.sae_dir(slot.cfg.name),
                     metadata={**self.metadata, "training": asdict(slot.cfg)},
@@ -426,7 +434,7 @@ class Trainer:
             timing = {
                 "steps": cfg.steps - start,
                 "ranks": world.size,
-                "parallel": "data" if self.data_parallel else "saes",
+                "parallel": self.parallel if world.size > 1 else "saes",
                 "wall_seconds": wall_seconds,
                 "step_seconds": self._merged(r[1] for r in ranks),
                 "paths": self._merged(r[2] for r in ranks),
@@ -440,9 +448,9 @@ class Trainer:
         return result
 
     def _gather(self, obj) -> list | None:
-        """Every rank's `obj` on rank 0 (None elsewhere); in data parallel, where every rank
-        holds the same, rank 0's alone."""
-        if self.data_parallel:
+        """Every rank's `obj` on rank 0 (None elsewhere); in data and latent parallel, where
+        every rank holds the same, rank 0's alone."""
+        if self.replicated:
             return [obj] if self.world.is_main else None
         return self.world.gather(obj)
 
@@ -489,15 +497,15 @@ class Trainer:
     def _twin(self, slot: TrainingSlot, state: dict) -> TrainingSlot:
         """A copy of `slot` in `state`, to train on as a run of `half_steps` steps would."""
         twin = TrainingSlot(slot.cfg, slot.sae.d_in, self.config.device, self.config.seed,
-                            self.config.precision, slot.batch_ranks)
+                            self.config.precision, slot.batch_ranks, slot.latent_ranks)
         twin.load_state(copy.deepcopy(state))
         return twin
 
     def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots,
                   run_steps: int) -> None:
-        if self.data_parallel and not self.world.is_main:
+        saes = {slot.cfg.name: _folded_copy(slot, scale) for slot in slots}  # gathers shards
+        if self.replicated and not self.world.is_main:
             return
-        saes = {slot.cfg.name: _folded_copy(slot, scale) for slot in slots}
         gathered = self._gather(evaluate(saes) if saes else {})
         if not self.world.is_main:
             return
@@ -528,9 +536,10 @@ class Trainer:
 
 
 def _folded_copy(slot: TrainingSlot, scale: float) -> SAE:
-    """A copy of the slot's SAE that maps raw activations (input scale folded in) and runs
-    alone, outside the ranks its training batches were split over."""
-    sae = copy.deepcopy(slot.sae)
+    """A copy of the slot's SAE, whole, that maps raw activations (input scale folded in) and
+    runs alone, outside the ranks its batches or latents were split over (sharded: a
+    collective)."""
+    sae = slot.sae.gathered() if slot.latent_ranks.size > 1 else copy.deepcopy(slot.sae)
     sae.batch_ranks = SINGLE_PROCESS
     sae.fold_input_scale_(scale)
     return sae
@@ -573,7 +582,7 @@ def _log_rows(step, tokens, lr_scale, coef_scale, records, dead_tokens) -> list[
         row["l0"] = float(out.l0)
         if resampled is not None:
             row["resampled"] = float(resampled)
-        row["dead_fraction"] = float((slot.tokens_since_fired >= dead_tokens).float().mean())
+        row["dead_fraction"] = slot.dead_fraction(dead_tokens)
         rows.append(row)
     return rows
 

@@ -32,7 +32,6 @@ VARIANT_ORDER = variant_order()
 # The subjects of the questions: the Gated SAE, against the ReLU baseline.
 GATED, BASELINE = GatedSAE.architecture, ReLUSAE.architecture
 DEAD_LIMIT = 0.5  # train_dead_fraction above it: the run is excluded from frontiers
-CONVERGENCE_LIMIT = 0.005  # |Δ loss recovered| at matched L0 from half the tokens to all
 # The metrics every configuration carries replicates of.
 DRAWN = ("l0", "fvu", "gamma", "gamma_centred", "loss_recovered", "delta_loss")
 FIDELITY = ("loss_recovered", "delta_loss", "fvu")

@@ -4,11 +4,11 @@ how much, with the bootstrap interval and its verdict."""
 from __future__ import annotations
 
 from ..pareto import MATCHED_L0S, MAX_GAP, MIN_READABLE
+from ..results import CONVERGENCE_TOLERANCE
 from . import formatting as fmt
 from .analysis import Findings
 from .findings import MIN_SEEDS, Q1, Q2, Ablation, Difference, Rival, Shrinkage, outcome, split
 from .model import (
-    CONVERGENCE_LIMIT,
     DEAD_LIMIT,
     HIGHER_IS_BETTER,
     MOST_LEVELS,
@@ -67,7 +67,7 @@ def methods(res: SweepResults, findings: Findings) -> list[str]:
         f"({1 - CONFIDENCE:.0%}) would exclude it by chance; {t.excluded} do."
         if t.made else "**Multiple comparisons.** No interval could be judged.",
         f"**Convergence.** An SAE has converged when twice the training tokens moved its "
-        f"family's held-out loss recovered at its L0 by less than {CONVERGENCE_LIMIT} (the "
+        f"family's held-out loss recovered at its L0 by less than {CONVERGENCE_TOLERANCE} (the "
         "training section says how it is measured). Configurations with a run "
         f"that fails it are marked {fmt.UNCONVERGED_MARK} in every table and drawn hollow in "
         "every figure.",

@@ -10,11 +10,12 @@ from pathlib import Path
 import yaml
 
 from ...saes import sae_class
+from ..results import CONVERGENCE_REACH, CONVERGENCE_TOLERANCE
 from . import formatting as fmt
 from . import paper, prose
 from .analysis import Findings
 from .findings import MIN_SEEDS, outcome
-from .model import BASE_ARCHS, CONVERGENCE_LIMIT, DEAD_LIMIT, SweepResults, finite
+from .model import BASE_ARCHS, DEAD_LIMIT, SweepResults, finite
 from .render import Block
 from .sections import Images, figure
 from .stats import interval
@@ -46,14 +47,16 @@ def section_training(res: SweepResults, conv: Convergence, images: Images) -> li
     if conv.recorded:
         blocks.append(("p", (
             f"Criterion: twice the training tokens moved held-out loss recovered at the SAE's "
-            f"L0 by less than {CONVERGENCE_LIMIT}. Every SAE has a half-budget twin: a copy "
+            f"L0 by less than {CONVERGENCE_TOLERANCE}. Every SAE has a half-budget twin: a copy "
             "taken where a run of half its tokens would begin its lr decay, decayed as that "
             "run would be, evaluated, and dropped. The SAE at the end of its run is compared "
             "with its family's frontier of twins (the SAEs that differ from it only in "
-            "sparsity level), read at its L0 on the frontier's upper envelope, at most 1.5× "
-            "in L0 past its ends; at a fixed λ the L0 moves as an SAE trains, so its own "
-            f"twin is not the comparison. {len(conv.failed)} of {conv.recorded} SAEs fail "
-            f"it; {fmt.plural(len(conv.on_frontiers), 'frontier point')} with such a run (marked "
+            "sparsity level), read at its L0 on the frontier's upper envelope, at most "
+            f"{CONVERGENCE_REACH:g}× in L0 past its ends; at a fixed λ the L0 moves as an "
+            "SAE trains, so its own twin is not the comparison. "
+            f"{len(conv.failed)} of {conv.recorded} SAEs fail it ({conv.unreadable} of them "
+            "because their L0 lies beyond that reach, or they never fired); "
+            f"{fmt.plural(len(conv.on_frontiers), 'frontier point')} with such a run (marked "
             f"{fmt.UNCONVERGED_MARK} in the tables, hollow in the figures).")))
         if conv.drifts:
             blocks.append(("p", "Per variant, width and learning rate (healthy runs): a "

@@ -30,6 +30,7 @@ class Drift:
 class Convergence:
     recorded: int  # runs whose `converged` was recorded
     failed: list[dict]  # runs that fail the criterion, excluded ones too
+    unreadable: int  # of them, those whose L0 lies beyond the reach of the twins' frontier
     on_frontiers: list[tuple[Family, Config]]  # frontier points with a failing run
     drifts: list[Drift]  # per variant, width and lr, healthy runs only
 
@@ -52,6 +53,7 @@ def convergence(res: SweepResults) -> Convergence:
     return Convergence(
         len(recorded),
         [r for r in recorded if not r["converged"]],
+        sum(not finite(r.get("lr_change")) for r in recorded),
         [(f, c) for f in res.families.values() for c in f.unconverged],
         drifts,
     )
