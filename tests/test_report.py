@@ -257,6 +257,12 @@ def test_unconverged_runs_are_counted_and_flagged(results, found, report):
              if (r["variant"], r["d_sae"], r["lr"]) == (variant, width, lr)]
     assert drift.saes - drift.passed == 3 and drift.lr_change == (
         pytest.approx(float(np.median(group))), min(group), max(group))
+    # groups whose FVU still fell by more than 5% (median) when their tokens doubled
+    by_group: dict[tuple, list[float]] = {}
+    for r in healthy:
+        by_group.setdefault((r["variant"], r["d_sae"], r["lr"]), []).append(r["fvu_change"])
+    falling = {key for key, changes in by_group.items() if np.median(changes) < -0.05}
+    assert {(d.variant, d.width, d.lr) for d in found.unsettled.fvu_falling} == falling
     training = _section(report[1], "Training")
     assert training.count("`gated_d2048_lr0.001_c16_s") == 3  # the failing runs, listed
     # flagged in the width question too, where their frontier is used
@@ -442,16 +448,19 @@ def test_the_committed_report_rebuilds_from_its_results(tmp_path):
         committed / "report.md").read_text()
     # three widths with four levels each: a width law per architecture at two L0s, and
     # fidelity that does not fall with width
-    q3 = analyse(sweep_results(folder)).q3
+    found = analyse(sweep_results(folder))
+    q3 = found.q3
     assert q3.fit_l0s == {"relu": [20.0, 40.0], "gated": [20.0, 40.0]}
     assert [f.widths for f in q3.fits] == [[288, 576, 1152]] * 4
     assert q3.steps and not any(s.falls for s in q3.steps)
+    # twice the tokens still cut FVU at matched L0 in all but one group of runs
+    assert (len(found.unsettled.fvu_falling), found.unsettled.drifts) == (15, 16)
 
 
 # --- files and the page ---------------------------------------------------------------------
 
 PLOTS = {"frontiers.png", "lr_sensitivity.png", "shrinkage.png", "width.png",
-         "curves_fvu.png", "curves_loss_recovered.png", "dead.png"}
+         "budget_frontiers.png", "curves_fvu.png", "curves_loss_recovered.png", "dead.png"}
 
 
 def test_report_writes_every_plot_and_leaves_no_temporary_files(report):

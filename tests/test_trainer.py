@@ -92,7 +92,7 @@ def test_sparsity_factor(step, total, fraction, expected):
 
 def test_default_lr_is_the_published_one_raised_for_short_runs():
     # 3e-4 as in the Gated SAE paper; TopK and BatchTopK 2e-4 / √(d_sae / 2^14) (Gao et al.);
-    # runs too short for them get 5 / steps, at most 5e-3
+    # runs too short for them get 8 / steps, at most 1e-2 (TopK and BatchTopK 5e-3)
     for d_sae, topk_lr in ((1 << 14, 2e-4), (1 << 16, 1e-4), (1 << 12, 4e-4)):
         run = TrainConfig([SAEConfig(arch, d_sae) for arch in ARCHS], batch_size=8,
                           tokens=8 * 100_000)
@@ -101,12 +101,13 @@ def test_default_lr_is_the_published_one_raised_for_short_runs():
                                      "topk": topk_lr, "batchtopk": topk_lr}, rel=1e-12)
     short = TrainConfig([SAEConfig(arch, 1 << 14) for arch in ARCHS], batch_size=8,
                         tokens=8 * 2000)
-    assert {s.lr for s in short.saes} == {5 / 2000}
-    shortest = TrainConfig([SAEConfig("relu", 64)], batch_size=8, tokens=8 * 100)
-    assert shortest.saes[0].lr == 5e-3  # at most MAX_DEFAULT_LR
-    with pytest.warns(UserWarning, match=r"relu, slow: lr too low to train in 2000 steps.*"
-                                         r"lr ≥ 2\.5e-03"):
-        TrainConfig([SAEConfig("relu", 64, lr=1.2e-3), SAEConfig("gated", 64, lr=1.3e-3),
+    assert {s.lr for s in short.saes} == {8 / 2000}
+    shortest = TrainConfig([SAEConfig(arch, 64) for arch in ARCHS], batch_size=8, tokens=8 * 100)
+    assert {s.arch: s.lr for s in shortest.saes} == {  # at most max_short_run_lr
+        "relu": 1e-2, "gated": 1e-2, "jumprelu": 1e-2, "topk": 5e-3, "batchtopk": 5e-3}
+    with pytest.warns(UserWarning, match=r"lr too low to train in 2000 steps; runs this short "
+                                         r"need relu lr ≥ 4\.0e-03, slow lr ≥ 4\.0e-03"):
+        TrainConfig([SAEConfig("relu", 64, lr=1.9e-3), SAEConfig("gated", 64, lr=2.1e-3),
                      SAEConfig("topk", 64, lr=5e-4, name="slow")], batch_size=8, tokens=16000)
     coefs = {arch: SAEConfig(arch, 64).sparsity_coef for arch in ARCHS}
     assert coefs == {"relu": 5.0, "gated": 5.0, "jumprelu": 0.5, "topk": 0.0, "batchtopk": 0.0}

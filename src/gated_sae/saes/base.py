@@ -83,6 +83,10 @@ class SAE(nn.Module):
     saelens_architecture: ClassVar[str]  # name written to cfg.json
     saelens_reads: ClassVar[str | None]  # the SAELens architecture read back as this class
     adam_betas: ClassVar[tuple[float, float]] = (0.0, 0.999)  # Gated/JumpReLU papers
+    # The highest default lr a short run gets (train.trainer.short_run_lr): on SmolLM2, at
+    # 683–810 steps, relu and gated did best at 1e-2 of 3e-3, 1e-2 and 3e-2, and 3e-2
+    # collapsed; JumpReLU's thresholds need it to move far enough (docs/training.md).
+    max_short_run_lr: ClassVar[float] = 1e-2
     default_sparsity_coef: ClassVar[float]  # λ where a config names none
     resamples_dead_latents: ClassVar[bool] = False  # takes Bricken et al.'s resampling
     # A training step's time relative to relu's at the same width, which spreads SAEs evenly

@@ -100,6 +100,13 @@ class TrainingSlot:
             state, lambda t, axis: t.tensor_split(ranks.size, axis)[ranks.rank].contiguous())
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # Fused Adam walks a parameter and its moments as one flat buffer: they must share a
+        # memory layout (W_enc is stored transposed), which gathered or sliced moments lose.
+        for p in self.sae.parameters():
+            moments = self.optimizer.state.get(p, {})
+            for name, moment in moments.items():
+                if moment.shape == p.shape and moment.stride() != p.stride():
+                    moments[name] = torch.empty_like(p).copy_(moment)
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.density = state["density"]
         self.generator.set_state(state["generator"])

@@ -34,8 +34,7 @@ Evaluation = Callable[[dict[str, SAE]], dict[str, dict[str, float]]]
 SCALE_SAMPLE_TOKENS = 1 << 16  # activations read to estimate the input scale and b_dec
 # Adam moves a weight by about lr per step, so a run of S steps moves it by at most about
 # lr·S; SAEs that train in S steps need lr·S of about this (docs/training.md).
-SHORT_RUN_LR_STEPS = 5.0
-MAX_DEFAULT_LR = 5e-3  # higher rates left SmolLM2 SAEs with dead latents and rising FVU
+SHORT_RUN_LR_STEPS = 8.0
 PARALLEL = ("saes", "data", "latents")  # how the ranks of a job share its SAEs
 
 
@@ -47,8 +46,8 @@ class SAEConfig:
     d_sae: int = field(metadata={"help": "number of latents"})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (default: the architecture's published one, 3e-4 or for topk "
-                "and batchtopk 2e-4/√(d_sae/2^14), raised to 5/steps, at most 5e-3, for "
-                "shorter runs)"})
+                "and batchtopk 2e-4/√(d_sae/2^14), raised to 8/steps for shorter runs, at "
+                "most 1e-2, for topk and batchtopk 5e-3)"})
     sparsity_coef: float | None = field(default=None, metadata={
         "help": "λ of the sparsity penalty; topk and batchtopk take options.k instead "
                 "(default: " + ", ".join(f"{name} {cls.default_sparsity_coef:g}"
@@ -143,12 +142,13 @@ class TrainConfig:
         for s in self.saes:
             if s.lr is None:
                 s.lr = default_lr(s.arch, s.d_sae, self.steps)
-        needed = short_run_lr(self.steps)
-        slow = [s.name or s.arch for s in self.saes if s.lr < needed / 2]
+        needed = [short_run_lr(s.arch, self.steps) for s in self.saes]
+        slow = [f"{s.name or s.arch} lr ≥ {lr:.1e}"
+                for s, lr in zip(self.saes, needed, strict=True) if s.lr < lr / 2]
         if slow:
             warnings.warn(
-                f"{', '.join(slow)}: lr too low to train in {self.steps} steps; runs this "
-                f"short need lr ≥ {needed:.1e} (docs/training.md)", stacklevel=2
+                f"lr too low to train in {self.steps} steps; runs this short need "
+                f"{', '.join(slow)} (docs/training.md)", stacklevel=2
             )
         unnamed = [s for s in self.saes if s.name is None]
         for s in unnamed:
@@ -202,15 +202,14 @@ class TrainConfig:
 
 def default_lr(arch: str, d_sae: int, steps: int) -> float:
     """The architecture's published learning rate, meant for runs of 100k+ steps, raised to
-    SHORT_RUN_LR_STEPS / steps for shorter ones, but not above MAX_DEFAULT_LR
-    (docs/training.md has the evidence)."""
-    return max(sae_class(arch).default_lr(d_sae), short_run_lr(steps))
+    `short_run_lr` for shorter ones (docs/training.md has the evidence)."""
+    return max(sae_class(arch).default_lr(d_sae), short_run_lr(arch, steps))
 
 
-def short_run_lr(steps: int) -> float:
+def short_run_lr(arch: str, steps: int) -> float:
     """The learning rate a run of `steps` steps needs: SHORT_RUN_LR_STEPS / steps, at most
-    MAX_DEFAULT_LR."""
-    return min(SHORT_RUN_LR_STEPS / steps, MAX_DEFAULT_LR)
+    the architecture's `max_short_run_lr`."""
+    return min(SHORT_RUN_LR_STEPS / steps, sae_class(arch).max_short_run_lr)
 
 
 def _positive(name: str, value) -> None:

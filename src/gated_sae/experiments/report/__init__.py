@@ -41,6 +41,7 @@ def _figures(res: SweepResults, f: Findings) -> dict[str, bytes | None]:
         "lr_sensitivity.png": plots.plot_lr_sensitivity(res),
         "shrinkage.png": plots.plot_shrinkage(res),
         "width.png": plots.plot_width(f.q3.fits),
+        "budget_frontiers.png": plots.plot_budget_frontiers(res),
         "curves_fvu.png": plots.plot_curves(res, "fvu"),
         "curves_loss_recovered.png": plots.plot_curves(res, "loss_recovered"),
         "dead.png": plots.plot_dead(res),

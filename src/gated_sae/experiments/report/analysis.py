@@ -21,7 +21,7 @@ from .findings import (
     tally,
 )
 from .model import MOST_LEVELS, Family, SweepResults
-from .training import Compute, Convergence, compute, convergence
+from .training import Compute, Convergence, Drift, compute, convergence
 from .width import Q3, WidthFit, WidthStep, analyse_q3
 
 WELL_FITTED = 4  # widths a three-parameter law needs before its residuals say anything
@@ -38,6 +38,8 @@ class Unsettled:
     thin_fits: list[WidthFit]  # width laws resting on fewer than WELL_FITTED widths
     falling: list[WidthStep]  # fidelity falls with width beyond its interval
     unconverged: int  # frontier points with a run failing the convergence criterion
+    fvu_falling: list[Drift]  # groups whose FVU still fell when their tokens doubled
+    drifts: int  # groups of healthy runs with a recorded change
     edges: list[Family]  # families whose chosen lr is at an end of the swept range
     unchosen: list[Family]  # families whose lr could not be chosen on the frontier
 
@@ -79,6 +81,8 @@ def analyse(res: SweepResults) -> Findings:
         thin_fits=[f for f in q3.fits if f.law is not None and len(f.widths) < WELL_FITTED],
         falling=[s for s in q3.steps if s.falls],
         unconverged=len(train.on_frontiers),
+        fvu_falling=[d for d in train.drifts if d.fvu_still_falling],
+        drifts=len(train.drifts),
         edges=[f for f in res.families.values() if f.choice.edge],
         unchosen=[f for f in res.families.values() if f.choice.rule == MOST_LEVELS],
     )

@@ -219,8 +219,9 @@ def plot_width(fits: list[WidthFit]) -> bytes | None:
 
 def plot_curves(res: SweepResults, metric: str) -> bytes | None:
     """Held-out `metric` against training tokens, one panel per family, one line per run
-    of its frontier points (dashed: fails the convergence criterion), and a circle where its
-    half-budget twin ended."""
+    of its frontier points through what runs of each budget end with: its half-budget
+    twin, then its own end (dashed: fails the convergence criterion); its points during the
+    run, at constant lr, as dots."""
     if res.curves is None:
         return None
     families = [f for f in res.families.values()
@@ -235,10 +236,65 @@ def plot_curves(res: SweepResults, metric: str) -> bytes | None:
         _curve_panel(ax, res, family, metric)
     for ax in axes[len(families):]:
         ax.set_axis_off()
-    fig.suptitle(f"Training curves: held-out {fmt.metric(metric)} against tokens "
-                 "(frontier points; dashed: fails the convergence criterion; "
-                 "circles: the half-budget twins, lr decayed)")
+    fig.suptitle(f"Held-out {fmt.metric(metric)} of runs of half and of all the tokens, lr "
+                 "decayed in both (frontier points; dashed: fails the convergence criterion; "
+                 "dots: during the run, at constant lr)")
     return _png(fig)
+
+
+def plot_budget_frontiers(res: SweepResults) -> bytes | None:
+    """What the convergence criterion reads, one panel per family: held-out FVU against L0
+    of the half-budget twins (hollow, dashed: mean over seeds per level) and of the runs'
+    ends (filled, solid). A frontier that moved down or left with twice the tokens was
+    still learning."""
+    if res.curves is None:
+        return None
+    families = [f for f in res.families.values()
+                if any(r["name"] in res.curves for c in f.points for r in c.runs)]
+    if not families:
+        return None
+    cols = min(4, len(families))
+    rows = math.ceil(len(families) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, family in zip(axes, families, strict=False):
+        for budget, (style, fill) in {"half": ("--", "none"), "all": ("-", "full")}.items():
+            means = []
+            for c in family.points:
+                points = [_budget_end(res.curves.get(r["name"], []), budget) for r in c.runs]
+                points = [p for p in points if p is not None and p["l0"] > 0]
+                ax.plot([p["l0"] for p in points], [p["fvu"] for p in points], "o",
+                        color="C0" if budget == "half" else "C1", fillstyle=fill, markersize=3)
+                if points:
+                    means.append((np.mean([p["l0"] for p in points]),
+                                  np.mean([p["fvu"] for p in points])))
+            means.sort()
+            ax.plot([m[0] for m in means], [m[1] for m in means], style,
+                    color="C0" if budget == "half" else "C1", linewidth=1,
+                    label=f"{budget} the tokens")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
+        ax.set_xlabel("L0")
+        ax.set_ylabel("FVU")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    for ax in axes[len(families):]:
+        ax.set_axis_off()
+    fig.suptitle("Frontiers of runs of half and of all the tokens, lr decayed in both "
+                 "(held-out FVU against L0; what the convergence criterion compares)")
+    return _png(fig)
+
+
+def _budget_end(points: list[dict], budget: str) -> dict | None:
+    """The point a run of `budget` ("half" or "all") of the tokens ended at."""
+    if not points:
+        return None
+    if budget == "all":
+        return points[-1]
+    twins = [p for p in points if p["run_tokens"] < points[-1]["run_tokens"]]
+    return twins[-1] if twins else None
 
 
 def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
@@ -247,13 +303,16 @@ def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
             points = [p for p in res.curves.get(run["name"], []) if fmt.finite(p[metric])]
             if not points:
                 continue
-            whole = [p for p in points if p["run_tokens"] == points[-1]["run_tokens"]]
-            twins = [p for p in points if p["run_tokens"] < points[-1]["run_tokens"]]
-            ax.plot([p["tokens"] for p in whole], [p[metric] for p in whole],
+            # the line joins what runs of each budget end with (twins, then the run's end);
+            # the run's own points before its end, at constant lr, are dots
+            ends = [p for p in points if p["run_tokens"] < points[-1]["run_tokens"]]
+            ends.append(points[-1])
+            during = [p for p in points[:-1] if p["run_tokens"] == points[-1]["run_tokens"]]
+            ax.plot([p["tokens"] for p in ends], [p[metric] for p in ends],
                     "--" if run.get("converged") == 0 else "-", color=f"C{i}", linewidth=1,
-                    label=fmt.level(c) if run is c.runs[0] else None)
-            ax.plot([p["tokens"] for p in twins], [p[metric] for p in twins], "o",
-                    color=f"C{i}", markersize=3, fillstyle="none")
+                    marker="o", markersize=3, label=fmt.level(c) if run is c.runs[0] else None)
+            ax.plot([p["tokens"] for p in during], [p[metric] for p in during], ".",
+                    color=f"C{i}", markersize=2, alpha=0.5)
     ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
     ax.set_xlabel("training tokens")

@@ -363,4 +363,12 @@ def unsettled_items(findings: Findings, metric: str) -> list[str]:
     if u.unconverged:
         items.append(f"{fmt.plural(u.unconverged, 'frontier point')} with a run failing the "
                      "convergence criterion: its fidelity was still moving.")
+    if u.fvu_falling:
+        changes = [-d.fvu_change for d in u.fvu_falling]
+        items.append(
+            f"In {len(u.fvu_falling)} of {u.drifts} groups of runs (variant, width, lr; the "
+            "training section's table), twice the tokens still cut FVU at matched L0 by a "
+            f"median {min(changes):.0%} to {max(changes):.0%}: by FVU they had not converged, "
+            "whatever loss recovered, compressed near 1, says. Margins between families that "
+            "were still improving at different rates may move with longer training.")
     return items

@@ -78,10 +78,17 @@ def section_training(res: SweepResults, conv: Convergence, images: Images) -> li
                                      "Δ FVU / FVU at matched L0, ½ → all tokens"], body))
     else:
         blocks.append(("p", f"Convergence was {fmt.NOT_MEASURED}."))
+    blocks += figure(images, "budget_frontiers.png", "Frontiers of half and of all the tokens",
+                     "Held-out FVU against L0 of every run's half-budget twin (hollow, dashed: "
+                     "mean per level) and of its end (filled, solid), one panel per family: "
+                     "what the criterion compares.")
     for metric in ("fvu", "loss_recovered"):
         blocks += figure(images, f"curves_{metric}.png", f"Training curves ({fmt.metric(metric)})",
                          f"Held-out {fmt.metric(metric)} against training tokens for every run "
-                         "on a frontier, one panel per family.")
+                         "on a frontier, one panel per family: the line joins its half-budget "
+                         "twin and its end (both lr decayed), dots mark it at constant lr. At a "
+                         "fixed λ the L0 falls as the SAE trains, so a flat line here can hide "
+                         "a frontier that still moves (the figure above).")
     blocks.append(("h3", "Excluded runs"))
     if not res.dead_measured:
         blocks.append(("p", f"Dead latents over the training stream were {fmt.NOT_MEASURED}: "

@@ -11,6 +11,10 @@ import numpy as np
 
 from .model import Config, Family, SweepResults, finite, variant_key
 
+# A group whose FVU at matched L0 fell by more than this fraction, median, when its tokens
+# doubled is still learning, whatever its loss recovered (compressed near 1) says.
+FVU_STILL_FALLING = 0.05
+
 
 @dataclass
 class Drift:
@@ -24,6 +28,10 @@ class Drift:
     passed: int
     lr_change: tuple[float, float, float]  # median, smallest, largest
     fvu_change: float  # median
+
+    @property
+    def fvu_still_falling(self) -> bool:
+        return self.fvu_change < -FVU_STILL_FALLING
 
 
 @dataclass
