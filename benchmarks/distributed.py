@@ -127,9 +127,9 @@ def main() -> None:
         base = next(r for r in rows if r["mode"] == row["mode"])["tokens_per_second"]
         row["speedup"] = row["tokens_per_second"] / base
     print(f"batch {args.batch}, {args.steps} steps, one thread per rank")
-    print(f"{'mode':<6}{'SAEs':<42}{'ranks':>6}{'tokens/s':>12}{'speedup':>9}{'bytes/step':>12}")
+    print(f"{'mode':<8}{'SAEs':<42}{'ranks':>6}{'tokens/s':>12}{'speedup':>9}{'bytes/step':>12}")
     for r in rows:
-        print(f"{r['mode']:<6}{r['saes'][:41]:<42}{r['ranks']:>6}{r['tokens_per_second']:>12.0f}"
+        print(f"{r['mode']:<8}{r['saes'][:41]:<42}{r['ranks']:>6}{r['tokens_per_second']:>12.0f}"
               f"{r['speedup']:>9.2f}{r['bytes_per_step']:>12.0f}")
     result = {"rows": rows, "saes": modes, "batch": args.batch, "steps": args.steps,
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),

@@ -77,6 +77,21 @@ def same_sae(a: Path, b: Path) -> None:
         assert gap <= 1e-5, (a, key, gap)  # measured: at most 5e-6 (relu, resampling)
 
 
+def same_saes_and_logs(a: Path, b: Path) -> list[list[dict]]:
+    """Two run folders hold the same SAEs (`same_sae`) and logs up to round-off; the logs."""
+    for s in SAES:
+        same_sae(a / s.get("name", s["arch"]), b / s.get("name", s["arch"]))
+    logs = [[json.loads(line) for line in (f / "metrics.jsonl").read_text().splitlines()]
+            for f in (a, b)]
+    assert len(logs[0]) == len(logs[1])
+    for ours, theirs in zip(*logs, strict=True):
+        assert ours.keys() == theirs.keys() and ours["sae"] == theirs["sae"]
+        for key, value in theirs.items():
+            if key != "sae":
+                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (ours["sae"], key)
+    return logs
+
+
 def finished(child: subprocess.Popen, timeout: float = 300) -> str:
     out, err = child.communicate(timeout=timeout)
     assert child.returncode == 0, err[-3000:]
@@ -145,16 +160,7 @@ def test_data_parallel_training_matches_one_process(run_inputs, single_run, tmp_
     printed = finished(torchrun([*train_args(run_inputs, out), "--parallel", "data"]))
     names = [s.get("name", s["arch"]) for s in SAES]
     assert sorted(printed.split()) == sorted(str(out / name) for name in names)  # rank 0's
-    for name in names:
-        same_sae(out / name, single_run / name)
-    logs = [[json.loads(line) for line in (f / "metrics.jsonl").read_text().splitlines()]
-            for f in (out, single_run)]
-    assert len(logs[0]) == len(logs[1])
-    for ours, theirs in zip(*logs, strict=True):
-        assert ours.keys() == theirs.keys() and ours["sae"] == theirs["sae"]
-        for key, value in theirs.items():
-            if key != "sae":
-                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (ours["sae"], key)
+    same_saes_and_logs(out, single_run)
     runs = [json.loads((f / "run.json").read_text()) for f in (out, single_run)]
     assert runs[0]["input_scale"] == runs[1]["input_scale"]
     assert runs[0]["timing"]["parallel"] == "data" and runs[0]["timing"]["ranks"] == 2
@@ -181,17 +187,7 @@ def test_latent_parallel_training_matches_one_process_and_resumes(
     assert torch.load(out / "checkpoint.pt", weights_only=False)["slots"][2]["sae"][
         "W_dec"].shape == (64, D_IN)  # gated's, whole
     finished(torchrun(args))
-    names = [s.get("name", s["arch"]) for s in SAES]
-    for name in names:
-        same_sae(out / name, single_run / name)
-    logs = [[json.loads(line) for line in (f / "metrics.jsonl").read_text().splitlines()]
-            for f in (out, single_run)]
-    assert len(logs[0]) == len(logs[1])
-    for ours, theirs in zip(*logs, strict=True):
-        assert ours.keys() == theirs.keys() and ours["sae"] == theirs["sae"]
-        for key, value in theirs.items():
-            if key != "sae":
-                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (ours["sae"], key)
+    logs = same_saes_and_logs(out, single_run)
     assert any(row.get("resampled") for row in logs[0])  # relu's resampling was exercised
     assert any(row.get("aux") for row in logs[0] if row["sae"] == "topk")  # and AuxK
     run = json.loads((out / "run.json").read_text())

@@ -442,14 +442,13 @@ class _Interrupted(Exception):
     pass
 
 
-def _curve_run(out, stop_after=None):
-    """relu and topk for 12 steps, evaluated every 5 steps on raw held-out activations."""
+def _interruptible(stop_after=None):
+    """Shuffled batches of `raw_activations` that raise _Interrupted at batch `stop_after`,
+    and an evaluation of FVU and L0 on held-out activations (returned too)."""
     acts, heldout = raw_activations(), raw_activations(256) * 1.1
-    saes = [{"arch": "relu", "d_sae": D_SAE, "lr": 1e-2}, {"arch": "topk", "d_sae": D_SAE,
-                                                           "options": {"k": 4}}]
 
     def evaluate(trained):
-        return {name: {"fvu": activation_metrics(sae, heldout)["fvu"]}
+        return {name: {k: activation_metrics(sae, heldout)[k] for k in ("fvu", "l0")}
                 for name, sae in trained.items()}
 
     def batches():
@@ -458,9 +457,17 @@ def _curve_run(out, stop_after=None):
                 raise _Interrupted
             yield batch
 
+    return batches(), evaluate, heldout
+
+
+def _curve_run(out, stop_after=None):
+    """relu and topk for 12 steps, evaluated every 5 steps on raw held-out activations."""
+    saes = [{"arch": "relu", "d_sae": D_SAE, "lr": 1e-2}, {"arch": "topk", "d_sae": D_SAE,
+                                                           "options": {"k": 4}}]
+    batches, evaluate, heldout = _interruptible(stop_after)
     cfg = config(saes, steps=12, eval_every=5, checkpoint_every=4, dead_tokens=3 * BATCH)
     trainer = Trainer(cfg, out)
-    return trainer, trainer.fit(batches(), evaluate), heldout
+    return trainer, trainer.fit(batches, evaluate), heldout
 
 
 def test_curves_are_the_saes_measured_during_training_and_resume_the_same(tmp_path):
@@ -481,22 +488,11 @@ def test_curves_are_the_saes_measured_during_training_and_resume_the_same(tmp_pa
 def _half_budget_run(out, steps, half_budget=False, stop_after=None, checkpoint_every=0):
     """Every architecture on the same batches, λ at full strength from the start (so that
     the half run's λ schedule is the whole run's), measured on held-out activations."""
-    acts, heldout = raw_activations(), raw_activations(256) * 1.1
-
-    def evaluate(trained):
-        return {name: {k: activation_metrics(sae, heldout)[k] for k in ("fvu", "l0")}
-                for name, sae in trained.items()}
-
-    def batches():
-        for i, batch in enumerate(ShuffledBatches(acts, BATCH, seed=1).iter_from(0)):
-            if i == stop_after:
-                raise _Interrupted
-            yield batch
-
+    batches, evaluate, _ = _interruptible(stop_after)
     cfg = config(ALL_SAES, steps, sparsity_warmup_fraction=0.0, dead_tokens=3 * BATCH,
                  half_budget=half_budget, checkpoint_every=checkpoint_every)
     trainer = Trainer(cfg, out)
-    trainer.fit(batches(), evaluate)
+    trainer.fit(batches, evaluate)
     return [json.loads(line) for line in trainer.curves_path.read_text().splitlines()]
 
 

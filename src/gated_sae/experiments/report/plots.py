@@ -217,11 +217,9 @@ def plot_width(fits: list[WidthFit]) -> bytes | None:
     return _png(fig)
 
 
-def plot_curves(res: SweepResults, metric: str) -> bytes | None:
-    """Held-out `metric` against training tokens, one panel per family, one line per run
-    of its frontier points through what runs of each budget end with: its half-budget
-    twin, then its own end (dashed: fails the convergence criterion); its points during the
-    run, at constant lr, as dots."""
+def _family_panels(res: SweepResults, draw, title: str) -> bytes | None:
+    """One panel per family with training curves, `draw(ax, family)` filling each; None
+    when the sweep recorded no curves."""
     if res.curves is None:
         return None
     families = [f for f in res.families.values()
@@ -233,13 +231,26 @@ def plot_curves(res: SweepResults, metric: str) -> bytes | None:
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, family in zip(axes, families, strict=False):
-        _curve_panel(ax, res, family, metric)
+        draw(ax, family)
+        ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
     for ax in axes[len(families):]:
         ax.set_axis_off()
-    fig.suptitle(f"Held-out {fmt.metric(metric)} of runs of half and of all the tokens, lr "
-                 "decayed in both (frontier points; dashed: fails the convergence criterion; "
-                 "dots: during the run, at constant lr)")
+    fig.suptitle(title)
     return _png(fig)
+
+
+def plot_curves(res: SweepResults, metric: str) -> bytes | None:
+    """Held-out `metric` against training tokens, one panel per family, one line per run
+    of its frontier points through what runs of each budget end with: its half-budget
+    twin, then its own end (dashed: fails the convergence criterion); its points during the
+    run, at constant lr, as dots."""
+    return _family_panels(
+        res, lambda ax, family: _curve_panel(ax, res, family, metric),
+        f"Held-out {fmt.metric(metric)} of runs of half and of all the tokens, lr decayed in "
+        "both (frontier points; dashed: fails the convergence criterion; dots: during the "
+        "run, at constant lr)")
 
 
 def plot_budget_frontiers(res: SweepResults) -> bytes | None:
@@ -247,44 +258,30 @@ def plot_budget_frontiers(res: SweepResults) -> bytes | None:
     of the half-budget twins (hollow, dashed: mean over seeds per level) and of the runs'
     ends (filled, solid). A frontier that moved down or left with twice the tokens was
     still learning."""
-    if res.curves is None:
-        return None
-    families = [f for f in res.families.values()
-                if any(r["name"] in res.curves for c in f.points for r in c.runs)]
-    if not families:
-        return None
-    cols = min(4, len(families))
-    rows = math.ceil(len(families) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, family in zip(axes, families, strict=False):
+    def draw(ax, family: Family) -> None:
         for budget, (style, fill) in {"half": ("--", "none"), "all": ("-", "full")}.items():
+            color = "C0" if budget == "half" else "C1"
             means = []
             for c in family.points:
                 points = [_budget_end(res.curves.get(r["name"], []), budget) for r in c.runs]
                 points = [p for p in points if p is not None and p["l0"] > 0]
                 ax.plot([p["l0"] for p in points], [p["fvu"] for p in points], "o",
-                        color="C0" if budget == "half" else "C1", fillstyle=fill, markersize=3)
+                        color=color, fillstyle=fill, markersize=3)
                 if points:
                     means.append((np.mean([p["l0"] for p in points]),
                                   np.mean([p["fvu"] for p in points])))
             means.sort()
-            ax.plot([m[0] for m in means], [m[1] for m in means], style,
-                    color="C0" if budget == "half" else "C1", linewidth=1,
-                    label=f"{budget} the tokens")
+            ax.plot([m[0] for m in means], [m[1] for m in means], style, color=color,
+                    linewidth=1, label=f"{budget} the tokens")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
         ax.set_xlabel("L0")
         ax.set_ylabel("FVU")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
-    for ax in axes[len(families):]:
-        ax.set_axis_off()
-    fig.suptitle("Frontiers of runs of half and of all the tokens, lr decayed in both "
-                 "(held-out FVU against L0; what the convergence criterion compares)")
-    return _png(fig)
+
+    return _family_panels(res, draw, "Frontiers of runs of half and of all the tokens, lr "
+                          "decayed in both (held-out FVU against L0; what the convergence "
+                          "criterion compares)")
 
 
 def _budget_end(points: list[dict], budget: str) -> dict | None:
@@ -313,9 +310,6 @@ def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
                     marker="o", markersize=3, label=fmt.level(c) if run is c.runs[0] else None)
             ax.plot([p["tokens"] for p in during], [p[metric] for p in during], ".",
                     color=f"C{i}", markersize=2, alpha=0.5)
-    ax.set_title(f"{family.variant}, d_sae = {family.width}", fontsize=9)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
     ax.set_xlabel("training tokens")
     ax.set_ylabel(fmt.metric(metric))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
