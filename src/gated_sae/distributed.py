@@ -77,10 +77,10 @@ class World:
     # Tensor collectives, for a batch split over the ranks (data parallel) or an SAE's latents
     # (latent parallel).
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a batch every rank holds: contiguous, sizes differing by at
-        most one."""
-        return batch.tensor_split(self.size)[self.rank] if self.size > 1 else batch
+    def shard(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
+        """This rank's part of a tensor every rank holds (a batch's rows, a latent slice):
+        contiguous along `axis`, sizes differing by at most one."""
+        return tensor.tensor_split(self.size, axis)[self.rank] if self.size > 1 else tensor
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The elementwise sum over the ranks of `tensor`, on every rank (`tensor` itself in

@@ -161,13 +161,13 @@ class SAE(nn.Module):
     def shard_latents_(self, ranks: World) -> None:
         """Keep this rank's contiguous slice of the latents (sizes differ by at most one)."""
         for _, t, axis in self.latent_tensors():
-            t.data = t.data.tensor_split(ranks.size, axis)[ranks.rank].clone()
+            t.data = ranks.shard(t.data, axis).clone()
         self.latent_ranks = ranks
 
     @torch.no_grad()
     def gathered(self) -> SAE:
-        """A whole copy of a sharded SAE, every rank's latents in rank order, that runs alone
-        (a collective: every rank calls it)."""
+        """A whole copy of the SAE that runs alone; sharded, every rank's latents in rank
+        order (a collective: every rank calls it)."""
         whole = copy.deepcopy(self)
         for _, t, axis in whole.latent_tensors():
             t.data = self.latent_ranks.cat_along(t.data, axis)

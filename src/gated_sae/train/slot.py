@@ -96,8 +96,7 @@ class TrainingSlot:
     def load_state(self, state: dict) -> None:
         """Resume from `state` (of the whole SAE; sharded, this rank takes its slice)."""
         ranks = self.latent_ranks
-        state = self._resharded(
-            state, lambda t, axis: t.tensor_split(ranks.size, axis)[ranks.rank].contiguous())
+        state = self._resharded(state, lambda t, axis: ranks.shard(t, axis).contiguous())
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         # Fused Adam walks a parameter and its moments as one flat buffer: they must share a

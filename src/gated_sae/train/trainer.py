@@ -538,7 +538,7 @@ def _folded_copy(slot: TrainingSlot, scale: float) -> SAE:
     """A copy of the slot's SAE, whole, that maps raw activations (input scale folded in) and
     runs alone, outside the ranks its batches or latents were split over (sharded: a
     collective)."""
-    sae = slot.sae.gathered() if slot.latent_ranks.size > 1 else copy.deepcopy(slot.sae)
+    sae = slot.sae.gathered()
     sae.batch_ranks = SINGLE_PROCESS
     sae.fold_input_scale_(scale)
     return sae
