@@ -176,9 +176,9 @@ def test_latent_parallel_training_matches_one_process_and_resumes(
     gradients are summed over the ranks, TopK's, AuxK's and BatchTopK's selections agree
     across them, relu's resampling draws for all ranks' dead latents. Stopped after a
     checkpoint (which holds the whole SAEs) and rerun, it ends with one process's SAEs,
-    saved whole."""
+    saved whole. (`--shard-latents` is `--parallel latents`.)"""
     out = tmp_path / "run"
-    args = [*train_args(run_inputs, out), "--parallel", "latents", "--rank-timeout", "5"]
+    args = [*train_args(run_inputs, out), "--shard-latents", "--rank-timeout", "5"]
     launcher = torchrun(args)
     _wait_for_checkpoint(out, launcher)
     os.kill(_workers(launcher)[1], signal.SIGKILL)

@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="under torchrun: saes spreads the SAEs over the ranks, data splits "
                        "every batch over them, latents shards every SAE's latents over them "
                        "(default: data for one SAE, else saes)")
+    train.add_argument("--shard-latents", dest="parallel", action="store_const",
+                       const="latents", help="the same as --parallel latents")
 
     evaluate = commands.add_parser(
         "eval", help="measure a saved SAE; prints JSON, writes SAE_DIR/metrics.json"

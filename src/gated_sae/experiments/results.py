@@ -33,6 +33,15 @@ from ..errors import DataError
 CONVERGENCE_TOLERANCE = 0.005
 CONVERGENCE_REACH = 1.5
 
+
+def half_budget_end(curve: list[dict]) -> dict | None:
+    """Where an SAE's half-budget twin ended (`TrainConfig.half_budget`): among the points of
+    its training curve (curves.csv, in order, the run's end last) the last of a run shorter
+    than the SAE's own; None without a twin."""
+    twins = [p for p in curve if p["run_tokens"] < curve[-1]["run_tokens"]]
+    return twins[-1] if twins else None
+
+
 # The metrics of one SAE, as evaluate/ names them.
 METRICS = (
     "l0",

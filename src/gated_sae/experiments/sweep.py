@@ -45,7 +45,13 @@ from ..files import atomic_write_bytes, atomic_write_text
 from ..saes import architecture_options, variant_label
 from ..train.trainer import SAEConfig, TrainConfig, Trainer, default_lr
 from . import pareto
-from .results import CONVERGENCE_REACH, CONVERGENCE_TOLERANCE, METRICS, results_text
+from .results import (
+    CONVERGENCE_REACH,
+    CONVERGENCE_TOLERANCE,
+    METRICS,
+    half_budget_end,
+    results_text,
+)
 
 PRESETS = ("questions", "paper")
 CURVE_METRICS = ("l0", "fvu", "loss_recovered")
@@ -229,11 +235,7 @@ def convergence(family: dict[str, list[dict]]) -> dict[str, dict]:
     is the loss recovered's difference, `fvu_change` FVU's relative to the final value (both
     NaN where the frontier cannot be read there), and `converged` says whether
     |lr_change| < CONVERGENCE_TOLERANCE."""
-    def half(curve: list[dict]) -> dict | None:
-        twins = [p for p in curve if p["run_tokens"] < curve[-1]["run_tokens"] and p["l0"] > 0]
-        return twins[-1] if twins else None
-
-    halves = [p for p in map(half, family.values()) if p is not None]
+    halves = [p for p in map(half_budget_end, family.values()) if p is not None and p["l0"] > 0]
     out = {}
     for name, curve in family.items():
         final = curve[-1]

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from ..results import half_budget_end
 from . import formatting as fmt
 from .model import (
     DEAD_LIMIT,
@@ -263,7 +264,9 @@ def plot_budget_frontiers(res: SweepResults) -> bytes | None:
             color = "C0" if budget == "half" else "C1"
             means = []
             for c in family.points:
-                points = [_budget_end(res.curves.get(r["name"], []), budget) for r in c.runs]
+                curves = [res.curves.get(r["name"]) for r in c.runs]
+                points = [(curve[-1] if budget == "all" else half_budget_end(curve))
+                          for curve in curves if curve]
                 points = [p for p in points if p is not None and p["l0"] > 0]
                 ax.plot([p["l0"] for p in points], [p["fvu"] for p in points], "o",
                         color=color, fillstyle=fill, markersize=3)
@@ -284,16 +287,6 @@ def plot_budget_frontiers(res: SweepResults) -> bytes | None:
                           "criterion compares)")
 
 
-def _budget_end(points: list[dict], budget: str) -> dict | None:
-    """The point a run of `budget` ("half" or "all") of the tokens ended at."""
-    if not points:
-        return None
-    if budget == "all":
-        return points[-1]
-    twins = [p for p in points if p["run_tokens"] < points[-1]["run_tokens"]]
-    return twins[-1] if twins else None
-
-
 def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
     for i, c in enumerate(family.points):
         for run in c.runs:
@@ -302,8 +295,7 @@ def _curve_panel(ax, res: SweepResults, family: Family, metric: str) -> None:
                 continue
             # the line joins what runs of each budget end with (twins, then the run's end);
             # the run's own points before its end, at constant lr, are dots
-            ends = [p for p in points if p["run_tokens"] < points[-1]["run_tokens"]]
-            ends.append(points[-1])
+            ends = [p for p in (half_budget_end(points), points[-1]) if p is not None]
             during = [p for p in points[:-1] if p["run_tokens"] == points[-1]["run_tokens"]]
             ax.plot([p["tokens"] for p in ends], [p[metric] for p in ends],
                     "--" if run.get("converged") == 0 else "-", color=f"C{i}", linewidth=1,
