@@ -491,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         COMMANDS[args.command](args)
+        leave_world(together=True)
     except GatedSAEError as e:
         print(f"gated-sae: error: {e}", file=sys.stderr)
         return 2

@@ -190,7 +190,11 @@ def rank_device(device: str) -> str:
     return device
 
 
-def leave_world() -> None:
-    """Leave the process group, if this process joined one."""
+def leave_world(together: bool = False) -> None:
+    """Leave the process group, if this process joined one; `together` first waits for every
+    rank to finish (a gloo rank that tears its connections down while another still runs can
+    abort at exit)."""
     if dist.is_initialized():
+        if together:
+            _collective(dist.barrier)
         dist.destroy_process_group()

@@ -502,9 +502,11 @@ class Trainer:
 
     def _evaluate(self, evaluate: Evaluation, step: int, scale: float, slots,
                   run_steps: int) -> None:
+        if self.parallel == "data" and not self.world.is_main:
+            return  # every rank holds the same SAEs: the main rank evaluates them
         saes = {slot.cfg.name: _folded_copy(slot, scale) for slot in slots}  # gathers shards
-        if self.replicated and not self.world.is_main:
-            return
+        if self.parallel == "latents" and not self.world.is_main:
+            return  # the main rank evaluates the gathered SAEs
         gathered = self._gather(evaluate(saes) if saes else {})
         if not self.world.is_main:
             return
