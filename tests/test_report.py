@@ -200,6 +200,18 @@ def test_shrinkage_reproduces_the_paper_with_both_gammas(found):
         shrunk = replace(gated.gamma[0], alt=low, delta=low)
         q2 = replace(found.q2, shrinkage=[relu, replace(gated, gamma=[shrunk, *gated.gamma[1:]])])
         assert q2.reproduces_shrinkage is reproduces
+    # where λ is small relu's γ may reach 1: the finding holds at the levels that shrink, if
+    # they are more than half of relu's, and the report names the others
+    for unshrunk, reproduces in ((1, True), (3, False)):
+        flat = [replace(d, alt=replace(d.alt, value=1.0), delta=findings.Interval(
+            1.0, 0.999, 1.001, d.alt.valid)) for d in relu.gamma[:unshrunk]]
+        q2 = replace(found.q2, shrinkage=[replace(relu, gamma=flat + relu.gamma[unshrunk:]),
+                                          gated])
+        assert q2.reproduces_shrinkage is reproduces
+        assert q2.relu_unshrunk == [d.at for d in relu.gamma[:unshrunk]]
+    assert prose.shrinkage_outcome(replace(found.q2, shrinkage=[
+        replace(relu, gamma=flat[:1] + relu.gamma[1:]), gated])).startswith(
+        "reproduces at the 4 of 5 relu levels whose γ is below 1 (relu's γ is not below 1 at L0 ")
     # the centred γ is the shrinkage of the varying part: relu's runs 0.8–0.9 by level
     assert [round(d.alt.value, 2) for d in relu.centred] == [0.8, 0.82, 0.85, 0.88, 0.9]
     assert all(g.alt.value > c.alt.value for g, c in zip(relu.gamma, relu.centred, strict=True))
@@ -409,8 +421,8 @@ def test_report_writes_the_findings_into_each_question(report):
     assert "gated needs fewer active latents than relu: L0_gated / L0_relu = 0.400, " \
            "intervals within [0.3" in q2
     assert "| gated / relu | L0 | loss recovered 0.793 |" in q2 and "| 0.400 [0.3" in q2
-    assert "The paper's shrinkage finding (relu's γ below 1; gated's at 1, or shrinking less " \
-           "than relu's at any level) reproduces" in q2
+    assert "On this run the paper's shrinkage finding (relu's γ below 1; gated's at 1, or " \
+           "shrinking less than relu's at any level) reproduces. " in q2
     q3 = _section(md, "Q3.")
     assert "gated's b = 0.50 [" in q3 and "resting on 4 widths (256, 512, 1024 and 2048)" in q3
     assert "no family's fidelity falls with width beyond its interval (7 of 7 adjacent pairs" \

@@ -235,17 +235,25 @@ class Q2:
     shrinkage: list[Shrinkage]  # relu, gated
 
     @property
+    def relu_unshrunk(self) -> list[float]:
+        """The L0s of relu's levels whose γ is not below 1 (where λ is small enough that L1
+        barely shrinks)."""
+        return [d.at for d in self.shrinkage[0].gamma if d.verdict != LOWER]
+
+    @property
     def reproduces_shrinkage(self) -> bool | None:
-        """The paper's finding: relu's γ below 1 at every level; gated's, where it is below 1
-        at all, shrinks less than relu's does at any level (1 − γ below relu's smallest). A
-        gated γ of 0.998 that excludes 1 is not the shrinkage the paper describes."""
+        """The paper's finding, at relu's levels whose γ is below 1 (more than half of them,
+        or it does not reproduce; `relu_unshrunk` names the others): gated's γ, where it is
+        below 1 at all, shrinks less than relu's does at any of those levels (1 − γ below
+        relu's smallest). A gated γ of 0.998 that excludes 1 is not the shrinkage the paper
+        describes."""
         relu, gated = self.shrinkage
         if not relu.gamma or any(d.verdict == NO_INTERVAL for d in relu.gamma + gated.gamma):
             return None
-        least = min(1 - d.alt.value for d in relu.gamma)
-        return all(d.verdict == LOWER for d in relu.gamma) and all(
-            1 - d.alt.value < least for d in gated.gamma if d.verdict == LOWER
-        )
+        shrunk = [1 - d.alt.value for d in relu.gamma if d.verdict == LOWER]
+        if 2 * len(shrunk) <= len(relu.gamma):
+            return False
+        return all(1 - d.alt.value < min(shrunk) for d in gated.gamma if d.verdict == LOWER)
 
 
 def shrinkage(comparer: Comparer, family: Family) -> Shrinkage:

@@ -262,16 +262,28 @@ def shrinkage_sentence(s: Shrinkage) -> str:
     return text + (f"; centred γ {count(s.centred)}." if s.centred else ".")
 
 
-def shrinkage_verdict(q2: Q2) -> str:
+def shrinkage_outcome(q2: Q2) -> str:
+    """Whether the paper's shrinkage finding reproduces, and at which of relu's levels."""
     reproduces = q2.reproduces_shrinkage
     if reproduces is None:
+        return fmt.NOT_MEASURED
+    unshrunk, levels = q2.relu_unshrunk, len(q2.shrinkage[0].gamma)
+    if not reproduces:
+        return "does not reproduce"
+    if not unshrunk:
+        return "reproduces"
+    return (f"reproduces at the {levels - len(unshrunk)} of {levels} relu levels whose γ is "
+            f"below 1 (relu's γ is not below 1 at L0 {fmt.series([fmt.l0(x) for x in unshrunk])})")
+
+
+def shrinkage_verdict(q2: Q2) -> str:
+    if q2.reproduces_shrinkage is None:
         return f"The paper's shrinkage finding: {fmt.NOT_MEASURED} with intervals."
     return (
-        "The paper's shrinkage finding (relu's γ below 1; gated's at 1, or shrinking less "
-        "than relu's at any level) "
-        + ("reproduces" if reproduces else "does not reproduce")
-        + " here. The paper's γ is uncentred: the mean of x inflates both of its terms, so "
-        "the centred γ shows the shrinkage of the varying part."
+        "On this run the paper's shrinkage finding (relu's γ below 1; gated's at 1, or "
+        f"shrinking less than relu's at any level) {shrinkage_outcome(q2)}. The paper's γ is "
+        "uncentred: the mean of x inflates both of its terms, so the centred γ shows the "
+        "shrinkage of the varying part."
     )
 
 

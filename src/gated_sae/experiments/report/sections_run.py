@@ -178,9 +178,7 @@ def _ours(res: SweepResults, f: Findings) -> dict[str, str]:
         out["frontier"] = prose.compare_sentence(f.q2.differences, res.metric, "gated", "relu")
         ratio = prose.ratio_sentence(f.q2.ratios, "loss_recovered")
         out["L0 ratio"] = ratio or fmt.NOT_MEASURED
-        reproduces = f.q2.reproduces_shrinkage
-        out["shrinkage"] = {True: "reproduces", False: "does not reproduce"}.get(
-            reproduces, fmt.NOT_MEASURED)
+        out["shrinkage"] = prose.shrinkage_outcome(f.q2)
     words = {"better": "better than gated", "worse": "worse than gated",
              "none": "no detectable difference from gated", "unknown": "no interval",
              "mixed": "better than gated at some L0s, worse at others", "": "not compared"}
