@@ -236,8 +236,7 @@ class Q2:
 
     @property
     def relu_unshrunk(self) -> list[float]:
-        """The L0s of relu's levels whose γ is not below 1 (where λ is small enough that L1
-        barely shrinks)."""
+        """The L0s of relu's levels whose γ is not below 1."""
         return [d.at for d in self.shrinkage[0].gamma if d.verdict != LOWER]
 
     @property
