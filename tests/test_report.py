@@ -439,6 +439,7 @@ def test_report_states_its_rules_paper_compute_and_what_is_open(report):
     assert "about 7 of them (5%) would exclude it by chance" in md
     paper = _section(md, "The paper's settings beside ours")
     assert "| batch size | 4,096 activations | 1,024 | App. D.1.2 |" in paper
+    assert "swept at every sparsity level unless counted: relu 1e-4, 3e-4, 1e-3; gated " in paper
     assert "Sec. 5.1, Fig. 8" in paper and "Gao et al. 2024 (arXiv 2406.04093)" in paper
     compute = _section(md, "Compute")
     assert "5,400 s (90.0 min)" in compute and "| 512 | 126 | 256,000 | 500 |" in compute
@@ -458,6 +459,8 @@ def test_the_committed_report_rebuilds_from_its_results(tmp_path):
     md = write_report(folder)[0].read_text()
     assert md.replace(str(folder), "results/questions-smollm2-cpu") == (
         committed / "report.md").read_text()
+    # the lrs off the main grid ran at some levels only, and the settings table counts them
+    assert "relu 3e-3 (at 3 of 5 levels), 1e-2, 3e-2 (at 3 of 5 levels); " in md
     # three widths with four levels each: a width law per architecture at two L0s, and
     # fidelity that does not fall with width
     found = analyse(sweep_results(folder))

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ...saes import sae_class
+from ..pareto import sparsity_level
 from ..results import CONVERGENCE_REACH, CONVERGENCE_TOLERANCE
 from . import formatting as fmt
 from . import paper, prose
@@ -150,10 +151,23 @@ def section_paper(res: SweepResults, f: Findings) -> list[Block]:
     ]
 
 
+def _lr_sweep(res: SweepResults, variant: str, width: int) -> str:
+    """The lrs swept for `variant` at `width` (dead runs' too), each with the number of its
+    sparsity levels where it did not run at all of them."""
+    levels: dict[float, set] = {}
+    for r in res.rows:
+        if r["variant"] == variant and r["d_sae"] == width:
+            levels.setdefault(r["lr"], set()).add(sparsity_level(r))
+    every = len(set().union(*levels.values()))
+    return f"{variant} " + ", ".join(
+        fmt.lr(lr) + ("" if len(at) == every else f" (at {len(at)} of {every} levels)")
+        for lr, at in sorted(levels.items())
+    )
+
+
 def _ours(res: SweepResults, f: Findings) -> dict[str, str]:
     width = res.main_width
-    lrs = [f"{v} {', '.join(fmt.lr(x) for x in sorted({c.lr for c in res.configs_of(v, width)}))}"
-           for v in BASE_ARCHS if res.configs_of(v, width)]
+    lrs = [_lr_sweep(res, v, width) for v in BASE_ARCHS if (v, width) in res.swept]
     betas = sorted({f"{v}: {sae_class(v).adam_betas}" for v in BASE_ARCHS
                     if any(c.variant == v for c in res.configs)})
     tokens = "; ".join(f"{w}: {', '.join(fmt.count(t) for t in ts)}"
@@ -161,7 +175,7 @@ def _ours(res: SweepResults, f: Findings) -> dict[str, str]:
     eval_tokens = sorted({int(r["eval_tokens"]) for r in res.rows if finite(r["eval_tokens"])})
     lm = sorted({int(r["lm_eval_tokens"]) for r in res.rows if finite(r.get("lm_eval_tokens"))})
     out = {
-        "learning rate": "swept at every level: " + "; ".join(lrs),
+        "learning rate": "swept at every sparsity level unless counted: " + "; ".join(lrs),
         "optimiser": "Adam with (β1, β2) " + "; ".join(betas),
         "batch size": fmt.count(res.config.get("batch_size")),
         "training tokens": f"per SAE by width: {tokens}" if tokens else "n/a",
