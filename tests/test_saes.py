@@ -15,7 +15,7 @@ from gated_sae.distributed import World
 from gated_sae.saes import BatchTopKSAE, JumpReLUSAE, variant_label, variant_order
 from gated_sae.saes import gated as gated_module
 from gated_sae.saes.jumprelu import JumpReLUFunction, StepFunction
-from gated_sae.saes.topk import normalized_squared_error
+from gated_sae.saes.topk import normalized_squared_error, row_topk
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only contend
 D_IN, D_SAE = 8, 24
@@ -205,6 +205,25 @@ def test_encode_decode_match_reference(arch, options):
         close(f, expected)
         close(sae.decode(f), reference_decode(sae, expected))
         close(sae(x), reference_decode(sae, expected))
+
+
+@pytest.mark.parametrize("k", [1, 3, 12])
+def test_row_topk_finds_each_rows_k_largest(k):
+    """The grouped selection (96 = 4·8·12 columns or more) against torch's, with rows of
+    ties, of few finite entries, and with the winners crowded into one group."""
+    g = torch.Generator().manual_seed(k)
+    pre = torch.randn(40, 384, generator=g, dtype=torch.float64)
+    pre[0] = 1.0
+    pre[1] = -math.inf
+    pre[1, 7 : 7 + k] = torch.arange(k, dtype=torch.float64)
+    i = torch.arange(k)  # crowded: groups are every 48th column, 8 to a group
+    pre[2, (i % 8) * 48 + 5 + i // 8] = 10.0 + i.double()
+    values, cols = row_topk(pre, k)
+    assert values.shape == cols.shape == (40, k)
+    assert torch.equal(pre.gather(1, cols), values)
+    assert all(len(set(row)) == k for row in cols.tolist())
+    expected = pre.topk(k, dim=-1).values
+    assert torch.equal(values.sort(-1, descending=True).values, expected)
 
 
 def test_topk_keeps_exactly_k_largest():

@@ -185,6 +185,58 @@ def test_batchtopk_selects_across_blocks():
     assert per_token[:4].float().mean() > per_token[4:].float().mean()
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_gradients_equal_dense_where_selection_is_grouped(arch, monkeypatch):
+    """Wide enough (d_sae 96, k 3) that each token's selection, and AuxK's, is row_topk's
+    grouped one rather than a plain topk."""
+    monkeypatch.setattr(sparse, "BLOCK_ELEMENTS", {"cpu": 4 * 96, "cuda": 4 * 96})
+    torch.manual_seed(0)
+    sae = create_sae(arch, d_in=D_IN, d_sae=96, k=3, k_aux=3).to(f64)
+    with torch.no_grad():
+        sae.b_enc.add_(torch.randn(96, dtype=f64) * 0.3)
+    assert_same(sae, inputs(), dead=torch.arange(96) % 5 == 0)
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("floor", [0.05, 0.5, 1e9], ids=["low", "near", "too-high"])
+def test_batchtopk_selection_floor_changes_only_speed(path, floor):
+    """A floor from an earlier batch, however far off, selects what no floor selects; one
+    too high to leave n·k candidates is dropped for the step. The step sets the next."""
+    sae = make("batchtopk", {"k": 3, "k_aux": 5})
+    x, dead = inputs(), torch.arange(D_SAE) % 3 == 0
+
+    def step():
+        for p in sae.parameters():
+            p.grad = None
+        if path == "dense":
+            out = sae.training_loss(x, 0.0, dead)
+            out.loss.backward()
+        else:
+            out = sae.sparse_gradients(x, 0.0, dead)
+        return out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    sae.selection_floor = None
+    loss, grads = step()
+    smallest_kept = sae.selection_floor / sae.floor_margin
+    sae.selection_floor = floor
+    floored_loss, floored_grads = step()
+    assert torch.equal(floored_loss, loss)
+    for name, grad in grads.items():
+        assert torch.equal(floored_grads[name], grad), name
+    assert sae.selection_floor == pytest.approx(sae.floor_margin * smallest_kept)
+    latents = sae.training_loss(x, 0.0).latents.detach()
+    assert float(latents[latents > 0].min()) == pytest.approx(smallest_kept)
+
+
+def test_batchtopk_sets_no_floor_when_fewer_than_nk_activations_are_positive():
+    sae = make("batchtopk", {"k": 3})
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+        sae.b_enc[:2] = 100.0  # 2 positive activations per token, fewer than k = 3
+    sae.sparse_gradients(inputs(), 0.0)
+    assert sae.selection_floor is None
+
+
 def test_bf16_encoder_product_is_close():
     sae = make("relu", {}).float()
     x = inputs().float()
