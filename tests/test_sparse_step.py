@@ -217,15 +217,17 @@ def test_batchtopk_selection_floor_changes_only_speed(path, floor):
 
     sae.selection_floor = None
     loss, grads = step()
-    smallest_kept = sae.selection_floor / sae.floor_margin
-    sae.selection_floor = floor
+    smallest_kept = sae.smallest_kept
+    latents = sae.training_loss(x, 0.0).latents.detach()
+    assert float(latents[latents > 0].min()) == pytest.approx(smallest_kept)
+    sae.selection_floor, sae.smallest_kept = floor, 2 * smallest_kept
     floored_loss, floored_grads = step()
     assert torch.equal(floored_loss, loss)
     for name, grad in grads.items():
         assert torch.equal(floored_grads[name], grad), name
-    assert sae.selection_floor == pytest.approx(sae.floor_margin * smallest_kept)
-    latents = sae.training_loss(x, 0.0).latents.detach()
-    assert float(latents[latents > 0].min()) == pytest.approx(smallest_kept)
+    # the smallest kept value halved since the last batch: the floor falls twice as far
+    assert sae.smallest_kept == pytest.approx(smallest_kept)
+    assert sae.selection_floor == pytest.approx(sae.floor_margin * smallest_kept / 2)
 
 
 def test_batchtopk_sets_no_floor_when_fewer_than_nk_activations_are_positive():
@@ -235,6 +237,33 @@ def test_batchtopk_sets_no_floor_when_fewer_than_nk_activations_are_positive():
         sae.b_enc[:2] = 100.0  # 2 positive activations per token, fewer than k = 3
     sae.sparse_gradients(inputs(), 0.0)
     assert sae.selection_floor is None
+
+
+@pytest.mark.parametrize("density", [0.0, 0.003, 0.3, 1.0])
+@pytest.mark.parametrize("shape", [(37, 96), (5, 13), (0, 8)])
+def test_flat_nonzero_is_torchs_nonzero(density, shape):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) < density
+    mask.view(-1)[-1:] = density > 0  # a true entry in the last word, where there are any
+    expected = mask.view(-1).nonzero().view(-1)
+    assert torch.equal(sparse.flat_nonzero(mask), expected)
+    assert torch.equal(sparse.flat_nonzero(mask[1:]), mask[1:].reshape(-1).nonzero().view(-1))
+
+
+def test_pairs_above_checks_each_pair_after_adding_the_bias():
+    """In float32 at a bias of 1e8 (spacing 8), `product > threshold − bias` holds for small
+    positive products whose `product + bias` rounds back to the threshold: those are dropped,
+    as the dense comparison drops them."""
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(29, D_IN, generator=g), torch.randn(D_IN, D_SAE, generator=g)
+    bias = torch.full((D_SAE,), 1e8)
+    bias[:3] = 0.0  # some latents compared without rounding
+    pre = torch.addmm(bias, x, weight)
+    pairs, values = sparse.pairs_above(x, weight, bias, 1e8 * (bias > 0))
+    expected = (pre > 1e8 * (bias > 0)).nonzero()
+    assert 0 < len(pairs) < ((x @ weight) > 0).sum()  # some pairs dropped after the check
+    assert torch.equal(torch.stack([pairs.rows, pairs.cols], 1), expected)
+    torch.testing.assert_close(values, pre[expected[:, 0], expected[:, 1]])
 
 
 def test_bf16_encoder_product_is_close():

@@ -69,6 +69,21 @@ def block_buffer(x: torch.Tensor, rows: int, width: int) -> torch.Tensor:
     return buffer[:rows]
 
 
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The flat indices of `mask`'s true entries, in order, as `mask.view(-1).nonzero()`.
+
+    On CPU, found a 64-bit word (8 entries) at a time: a sparse mask has few nonzero words,
+    and torch's nonzero over the bytes themselves took 14 ms for a 3640 × 4608 block at
+    density 0.008, against 5 ms this way (2 cores).
+    """
+    flat = mask.view(-1)
+    if mask.device.type != "cpu" or flat.numel() % 8 or flat.storage_offset() % 8:
+        return flat.nonzero().view(-1)
+    words = flat.view(torch.int64).nonzero().view(-1)
+    word, byte = flat.view(-1, 8)[words].nonzero().unbind(1)
+    return words[word] * 8 + byte
+
+
 def pairs_above(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -87,12 +102,15 @@ def pairs_above(
     per_latent = torch.as_tensor(threshold, dtype=bias.dtype, device=bias.device).expand_as(bias)
     cutoff = per_latent - bias
     for start, product in encoded_blocks(x, weight, None, dtype):
-        flat = (product > cutoff).view(-1).nonzero().view(-1)
+        flat = flat_nonzero(product > cutoff)
         cols = flat % width
         pre = product.view(-1)[flat] + bias[cols]
+        rows = flat // width + start
         kept = pre > per_latent[cols]
-        parts.append(((flat // width + start)[kept], cols[kept]))
-        values.append(pre[kept])
+        if not bool(kept.all()):  # rare: three masked copies saved where none is dropped
+            rows, cols, pre = rows[kept], cols[kept], pre[kept]
+        parts.append((rows, cols))
+        values.append(pre)
     return Pairs.from_blocks(parts, x.shape[0], weight.shape[1]), torch.cat(values)
 
 

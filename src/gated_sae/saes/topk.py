@@ -10,7 +10,7 @@ from torch import nn
 from ..distributed import SINGLE_PROCESS, World
 from ..errors import ConfigError
 from .base import SAE, LossTerms, TrainOutput, squared_error
-from .sparse import Pairs, encoded_blocks
+from .sparse import Pairs, encoded_blocks, flat_nonzero
 
 GROUP = 8  # row_topk's group size
 
@@ -251,9 +251,11 @@ class BatchTopKSAE(TopKSAE):
     saelens_architecture = "jumprelu"
     saelens_reads = None  # a SAELens jumprelu folder is a JumpReLU SAE
     threshold_momentum = 0.99
-    # A selection keeps only values at or above this fraction of the last batch's smallest
-    # kept activation, checked to leave at least B·k: selecting B·k among all B·d_sae values
-    # (a topk with k in the hundreds of thousands) cost 2.5× the encoder product at d_sae 4608.
+    # A selection keeps only values at or above a floor, checked to leave at least B·k:
+    # selecting B·k among all B·d_sae values (a topk with k in the hundreds of thousands) cost
+    # 2.5× the encoder product at d_sae 4608. The floor is this fraction of the last batch's
+    # smallest kept activation, lowered further by its last fall, if it fell: early in
+    # training it falls by 10–20% a step.
     floor_margin = 0.8
     latent_axes = {**TopKSAE.latent_axes, "threshold": 0}  # a buffer
 
@@ -270,8 +272,9 @@ class BatchTopKSAE(TopKSAE):
         # One value, stored per latent so the saved tensor is SAELens's jumprelu threshold.
         self.register_buffer("threshold", torch.zeros(d_sae))
         self.register_buffer("threshold_initialised", torch.tensor(False))
-        # Not saved: only speed depends on it, and a resumed step selects the same without it.
+        # Not saved: only speed depends on them; a resumed step selects the same without.
         self.selection_floor: float | None = None
+        self.smallest_kept: float | None = None
 
     def saelens_cfg(self) -> dict:
         return {}
@@ -290,11 +293,11 @@ class BatchTopKSAE(TopKSAE):
 
     def training_loss(self, x, sparsity_coef=0.0, dead_mask=None) -> TrainOutput:
         pre = self.training_pre_activations(x, self.W_enc, self.b_enc)
-        acts = torch.relu(pre).flatten()
-        flat_indices = self.largest(acts, self.selection_tokens(x.shape[0]))
+        acts, n_selected = torch.relu(pre).flatten(), self.selection_tokens(x.shape[0])
+        flat_indices = self.largest_above_floor(acts, n_selected)
         flat_values = acts[flat_indices]
         latents = torch.zeros_like(acts).scatter(0, flat_indices, flat_values).view_as(pre)
-        self.after_selection(flat_values.detach(), self.selection_tokens(x.shape[0]))
+        self.after_selection(flat_values.detach(), n_selected)
         x_hat = self.decode(latents)
         fvu = normalized_squared_error(x, x_hat, self.batch_ranks)
         aux = self.auxk_loss(pre, x - x_hat, dead_mask)
@@ -318,7 +321,7 @@ class BatchTopKSAE(TopKSAE):
         """The block's activations at or above the selection floor, or without one its `n·k`
         largest: either way a superset of its share of the batch's."""
         if self.selection_floor is not None:
-            flat = (pre >= self.selection_floor).view(-1).nonzero().view(-1)
+            flat = flat_nonzero(pre >= self.selection_floor)
             return pre.view(-1)[flat], flat
         return torch.relu(pre).flatten().topk(min(n_tokens * self.k, pre.numel()))
 
@@ -344,26 +347,26 @@ class BatchTopKSAE(TopKSAE):
         order = self.largest(values, n_tokens)
         return values[order], flat[order]
 
+    def largest_above_floor(self, values: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """`largest` among the values at or above the selection floor where at least `n·k`
+        are (the dense step's selection: the whole batch's activations at once)."""
+        if self.selection_floor is not None:
+            pool = flat_nonzero(values.detach() >= self.selection_floor)
+            if self.enough(pool.numel(), n_tokens):
+                return pool[self.largest(values[pool], n_tokens)]
+        return self.largest(values, n_tokens)
+
     def largest(self, values: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """The indices of the batch's `n·k` largest `values` (n the whole batch's tokens).
         With the batch or the latents split over ranks, each rank offers its own `n·k`
         largest, and keeps those at or above the smallest of the `n·k` largest offered by all."""
         ranks, kept = self.selection_ranks, n_tokens * self.k
-        pool = None
-        if self.selection_floor is not None:
-            above = (values >= self.selection_floor).nonzero().view(-1)
-            pool = above if self.enough(above.numel(), n_tokens) else None
-        if pool is None:
-            local = values.topk(min(kept, values.numel()), sorted=False)
-            indices = local.indices
-        else:  # this rank's share of the pool may be smaller than n·k
-            local = values[pool].topk(min(kept, pool.numel()), sorted=False)
-            indices = pool[local.indices]
+        local = values.topk(min(kept, values.numel()), sorted=False)
         if ranks.size == 1:
-            return indices
+            return local.indices
         offered = ranks.cat(local.values.detach())
         cutoff = offered.topk(min(kept, offered.numel()), sorted=False).values.min()
-        return indices[local.values >= cutoff]
+        return local.indices[local.values >= cutoff]
 
     @torch.no_grad()
     def after_selection(self, kept: torch.Tensor, n_tokens: int) -> None:
@@ -374,7 +377,11 @@ class BatchTopKSAE(TopKSAE):
         if self.selection_ranks.size > 1:
             smallest = self.selection_ranks.cat(smallest.reshape(1)).min()
         full = bool(torch.isfinite(smallest)) and self.enough(positive.numel(), n_tokens)
-        self.selection_floor = self.floor_margin * float(smallest) if full else None
+        previous, self.smallest_kept = self.smallest_kept, float(smallest) if full else None
+        self.selection_floor = None
+        if self.smallest_kept is not None:
+            fall = min(1.0, self.smallest_kept / previous) if previous else 1.0
+            self.selection_floor = self.floor_margin * self.smallest_kept * fall
         if not bool(torch.isfinite(smallest)):
             return
         if bool(self.threshold_initialised):
