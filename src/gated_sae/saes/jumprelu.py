@@ -64,6 +64,9 @@ class JumpReLUSAE(SAE):
     saelens_architecture = saelens_reads = "jumprelu"
     default_sparsity_coef = 0.5
     latent_axes = {**SAE.latent_axes, "b_enc": 0, "threshold": 0}
+    # The pairs a step can touch: `z > θ − reach·ε`, the window's half-width and 1/64 of it
+    # more, far above rounding. A whole ε kept twice the firing pairs (d_sae 4608, L0 43).
+    window_reach = 0.5 * (1 + 2**-6)
 
     def __init__(
         self, d_in: int, d_sae: int, *, bandwidth: float = 0.001, threshold_init: float = 0.001
@@ -85,18 +88,20 @@ class JumpReLUSAE(SAE):
         l0 = StepFunction.apply(z, threshold, self.bandwidth).sum(-1).mean()
         loss = mse + sparsity_coef * l0
         terms = LossTerms(mse=mse.detach(), l0_penalty=l0.detach())
-        return TrainOutput.dense(loss, terms, f, (z > threshold - self.bandwidth).sum())
+        reach = self.window_reach * self.bandwidth
+        return TrainOutput.dense(loss, terms, f, (z > threshold - reach).sum())
 
     @torch.no_grad()
     def sparse_gradients(self, x, sparsity_coef, dead_mask=None, matmul_dtype=None) -> TrainOutput:
         """Active pairs: those that fire (`z > θ`) and those inside the straight-through
-        window `|z − θ| < ε/2`, kept as `z > θ − ε` (a superset, so rounding at the edge
-        cannot drop one). `∂L/∂z = (2/n)⟨e_i, W_dec,j⟩·1[z > θ]`, and each windowed pair adds
+        window `|z − θ| < ε/2`, kept as `z > θ − reach·ε` (a superset, so rounding at the
+        edge cannot drop one). `∂L/∂z = (2/n)⟨e_i, W_dec,j⟩·1[z > θ]`, and each windowed pair adds
         `−(θ/ε)(2/n)⟨e_i, W_dec,j⟩ − λ/(nε)` to `∂L/∂θ_j` (paper Eqs. 11–12)."""
         n, eps = x.shape[0], self.bandwidth
         threshold = self.threshold.float()
         bias = self.centred_bias(self.W_enc, self.b_enc)
-        pairs, z = pairs_above(x, self.W_enc, bias, threshold - eps, matmul_dtype)
+        pairs, z = pairs_above(x, self.W_enc, bias, threshold - self.window_reach * eps,
+                               matmul_dtype)
         theta = threshold[pairs.cols]
         fires = z > theta
         f = z * fires
