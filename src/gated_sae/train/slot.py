@@ -21,13 +21,13 @@ PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 # Below this fraction of active (token, latent) pairs a sparse step beats a dense one.
 # CPU: measured on a 2-core EPYC (benchmarks/peers.py --crossover; relu, float32, d_in 576,
 # batch 4096): sparse/dense time at density 0.1 and 0.2 is 0.76 and 1.19 at d_sae 4608,
-# 0.82 and 1.65 at d_sae 18432, so the two cross near 0.16 and 0.12; in a later run, with
-# a faster sparse step, 0.55 and 0.99 at 4608 but 1.09 and 1.53 at 18432. CUDA: measured on an
-# H200 (benchmarks/gpu.sh; bf16, d_in 2304, d_sae 65536, batch 4096) before the sparse step
-# got CUDA-sized blocks and gathered dot products. Sparse/dense step time: relu 1.77 at
-# density 0.005 (b_enc set), 1.77 at 0.0005 and 0.94 at 0.00013 (trained), topk 0.93 at
-# 0.0005; so they crossed between 0.00013 and 0.0005. To be measured again with them
-# (gpu.sh reports the crossover).
+# 0.82 and 1.65 at d_sae 18432, so the two cross near 0.16 and 0.12; with a faster sparse
+# step (benchmarks/results/peers_cpu.json), 0.59 and 1.01 at 4608, 0.95 and 1.75 at 18432.
+# CUDA: measured on an H200 (benchmarks/gpu.sh; bf16, d_in 2304, d_sae 65536, batch 4096)
+# before the sparse step got CUDA-sized blocks and gathered dot products. Sparse/dense step
+# time: relu 1.77 at density 0.005 (b_enc set), 1.77 at 0.0005 and 0.94 at 0.00013
+# (trained), topk 0.93 at 0.0005; so they crossed between 0.00013 and 0.0005. To be
+# measured again with them (gpu.sh reports the crossover).
 SPARSE_CROSSOVER = {"cpu": 0.12, "cuda": 0.0003}
 # ...and only for products of at least this many multiply-adds (batch·d_in·d_sae): below
 # it, the sparse step's few dozen small operations cost more than the matmuls they save.
