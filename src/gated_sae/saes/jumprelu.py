@@ -68,6 +68,10 @@ class JumpReLUSAE(SAE):
     # more, far above rounding. A whole ε kept twice the firing pairs (d_sae 4608, L0 43).
     window_reach = 0.5 * (1 + 2**-6)
 
+    def window_start(self, threshold: torch.Tensor) -> torch.Tensor:
+        """`θ − reach·ε`: above it lie the pairs that fire or sit in θ's gradient window."""
+        return threshold - self.window_reach * self.bandwidth
+
     def __init__(
         self, d_in: int, d_sae: int, *, bandwidth: float = 0.001, threshold_init: float = 0.001
     ):
@@ -88,8 +92,7 @@ class JumpReLUSAE(SAE):
         l0 = StepFunction.apply(z, threshold, self.bandwidth).sum(-1).mean()
         loss = mse + sparsity_coef * l0
         terms = LossTerms(mse=mse.detach(), l0_penalty=l0.detach())
-        reach = self.window_reach * self.bandwidth
-        return TrainOutput.dense(loss, terms, f, (z > threshold - reach).sum())
+        return TrainOutput.dense(loss, terms, f, (z > self.window_start(threshold)).sum())
 
     @torch.no_grad()
     def sparse_gradients(self, x, sparsity_coef, dead_mask=None, matmul_dtype=None) -> TrainOutput:
@@ -100,8 +103,7 @@ class JumpReLUSAE(SAE):
         n, eps = x.shape[0], self.bandwidth
         threshold = self.threshold.float()
         bias = self.centred_bias(self.W_enc, self.b_enc)
-        pairs, z = pairs_above(x, self.W_enc, bias, threshold - self.window_reach * eps,
-                               matmul_dtype)
+        pairs, z = pairs_above(x, self.W_enc, bias, self.window_start(threshold), matmul_dtype)
         theta = threshold[pairs.cols]
         fires = z > theta
         f = z * fires

@@ -30,10 +30,9 @@ def row_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return pre.topk(k, dim=-1, sorted=False)
     stride = width // GROUP
     with torch.no_grad():
-        entries = pre.detach()
-        groups = entries.view(n, GROUP, stride).amax(1).topk(k, dim=-1, sorted=False).indices
+        groups = pre.view(n, GROUP, stride).amax(1).topk(k, dim=-1, sorted=False).indices
         cols = (groups[:, :, None] + torch.arange(0, width, stride, device=pre.device)).view(n, -1)
-        cols = cols.gather(1, entries.gather(1, cols).topk(k, dim=-1, sorted=False).indices)
+        cols = cols.gather(1, pre.gather(1, cols).topk(k, dim=-1, sorted=False).indices)
     return pre.gather(1, cols), cols
 
 
@@ -352,7 +351,7 @@ class BatchTopKSAE(TopKSAE):
         """`largest` among the values at or above the selection floor where at least `n·k`
         are (the dense step's selection: the whole batch's activations at once)."""
         if self.selection_floor is not None:
-            pool = flat_nonzero(values.detach() >= self.selection_floor)
+            pool = flat_nonzero(values >= self.selection_floor)
             if self.enough(pool.numel(), n_tokens):
                 return pool[self.largest(values[pool], n_tokens)]
         return self.largest(values, n_tokens)
@@ -377,13 +376,14 @@ class BatchTopKSAE(TopKSAE):
         smallest = positive.min() if positive.numel() else kept.new_tensor(math.inf)
         if self.selection_ranks.size > 1:
             smallest = self.selection_ranks.cat(smallest.reshape(1)).min()
-        full = bool(torch.isfinite(smallest)) and self.enough(positive.numel(), n_tokens)
+        finite = bool(torch.isfinite(smallest))
+        full = finite and self.enough(positive.numel(), n_tokens)
         previous, self.smallest_kept = self.smallest_kept, float(smallest) if full else None
         self.selection_floor = None
         if self.smallest_kept is not None:
             fall = min(1.0, self.smallest_kept / previous) if previous else 1.0
             self.selection_floor = self.floor_margin * self.smallest_kept * fall
-        if not bool(torch.isfinite(smallest)):
+        if not finite:
             return
         if bool(self.threshold_initialised):
             m = self.threshold_momentum
